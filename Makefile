@@ -1,0 +1,39 @@
+# calmrl — `make train` runs the embedded default, `make test` runs the test suite; both install first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: help install train test test-fast lint bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+	# torch first and pinned: the CPU build of 2.13.0 (the version vLLM 0.32 pins)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install calmrl with the dev extra
+
+train: install  ## train the embedded default (CPU, tiny model, gridworld, GRPO); pass ARGS="algo.lr=..." to override
+	$(BIN)/calmrl train $(ARGS)
+
+test: install  ## run the unit and integration tests
+	$(BIN)/python -m pytest -ra $(ARGS)
+
+test-fast: install  ## unit tests only
+	$(BIN)/python -m pytest -ra tests/unit $(ARGS)
+
+lint: install  ## ruff check + format check
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: install  ## print where an iteration of the default run spends its time
+	$(BIN)/python benchmarks/iteration_breakdown.py $(ARGS)
+
+clean:  ## remove the virtualenv, caches and run outputs
+	rm -rf $(VENV) .pytest_cache .ruff_cache runs outputs multirun

@@ -1,0 +1,3 @@
+from calmrl.cli import main
+
+main()

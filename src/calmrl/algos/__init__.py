@@ -1,0 +1,11 @@
+"""Credit assignment. Each method is one file that registers a function `(batch, cfg) -> advantages[N, L]`.
+
+`algo=<name>` in the config resolves through `ALGOS.get(name)`. The tensor functions inside each file
+(e.g. `grpo_advantages`) are public API, usable without the trainer.
+"""
+
+from calmrl.algos.registry import ALGOS, register
+
+from calmrl.algos import grpo  # noqa: E402,F401  (registers "grpo")
+
+__all__ = ["ALGOS", "register"]

@@ -1,0 +1,40 @@
+"""Token-level policy losses and the KL penalty, shared by the on-policy algorithms.
+
+All inputs are [N, L] with `mask` selecting response tokens; losses are token means over the mask
+(verl's "token-mean" aggregation), so each response token weighs the same.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x over mask == 1. x, mask: [N, L]. Returns a scalar."""
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def ppo_clip_loss(logprobs, old_logprobs, advantages, mask, clip_ratio: float = 0.2):
+    """PPO-clip (Schulman et al., 2017): -min(rho*A, clip(rho, 1-eps, 1+eps)*A), rho = pi/pi_old.
+
+    logprobs, old_logprobs, advantages, mask: [N, L]. Returns (loss scalar, clip fraction scalar).
+    """
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip_ratio, 1.0 + clip_ratio) * advantages
+    loss = masked_mean(-torch.minimum(unclipped, clipped), mask)
+    # fraction of tokens whose objective the clip actually limits (verl's pg_clipfrac)
+    clip_frac = masked_mean((clipped < unclipped).float(), mask)
+    return loss, clip_frac
+
+
+def reinforce_loss(logprobs, advantages, mask):
+    """REINFORCE: -A * log pi(token). logprobs, advantages, mask: [N, L]. Returns a scalar."""
+    return masked_mean(-advantages * logprobs, mask)
+
+
+def kl_low_var(logprobs, ref_logprobs):
+    """Per-token KL(pi || pi_ref) by the low-variance non-negative "k3" estimator (Schulman, 2020):
+    exp(ref - logp) - (ref - logp) - 1, as GRPO/GiGPO use. Inputs [N, L]; returns [N, L]."""
+    log_ratio = (ref_logprobs - logprobs).clamp(-20.0, 20.0)  # keep exp() finite on outliers
+    return torch.exp(log_ratio) - log_ratio - 1.0

@@ -1,0 +1,106 @@
+"""`calmrl <command> [hydra overrides]` — a thin dispatcher; each command is a @hydra.main entry.
+
+    calmrl train                                  # embedded default (CPU, tiny model, gridworld, GRPO)
+    calmrl train algo=grpo env.size=6 seed=1      # Hydra overrides
+    calmrl train --cfg job                        # print the composed config and exit
+    calmrl train -m seed=0,1,2                    # multirun sweep
+
+Heavy imports (torch, transformers) happen only after the config has composed and validated, so a
+bad override fails in well under a second.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from calmrl import __version__
+from calmrl.config import register_schemas
+
+
+def config_dir() -> str:
+    """The shipped config tree: `calmrl/conf` in a wheel, the repository's `conf/` in an editable install."""
+    packaged = resources.files("calmrl") / "conf"
+    if packaged.is_dir():
+        return str(packaged)
+    source = Path(__file__).resolve().parents[2] / "conf"
+    if source.is_dir():
+        return str(source)
+    raise SystemExit("calmrl: cannot find the config tree (calmrl/conf); reinstall the package")
+
+
+register_schemas()
+CONFIG_DIR = config_dir()
+
+
+def _fail(message: str) -> None:
+    print(f"calmrl: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def train(cfg: DictConfig) -> float | None:
+    """Run training; returns the final greedy success rate (Hydra sweepers can optimise it)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from calmrl.config import ConfigError, validate
+    from calmrl.registry import RegistryError
+
+    try:
+        validate(cfg)
+    except (ConfigError, RegistryError) as exc:
+        _fail(str(exc))
+
+    _quiet_libraries()
+    from calmrl.policy.loading import PolicyLoadError
+    from calmrl.trainer import Trainer
+
+    try:
+        summary = Trainer(cfg, Path(HydraConfig.get().runtime.output_dir)).run()
+    except (ConfigError, PolicyLoadError) as exc:
+        _fail(str(exc))
+    return summary["final_success_rate"]
+
+
+def _quiet_libraries() -> None:
+    """calmrl prints its own progress; the libraries' per-file progress bars would drown it."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+COMMANDS = {"train": (train, "train a policy (roll out, assign credit, update, evaluate, checkpoint)")}
+
+USAGE = "usage: calmrl <command> [hydra overrides...]\n\ncommands:\n" + "\n".join(
+    f"  {name:<10}{help_}" for name, (_, help_) in COMMANDS.items()
+) + "\n\n`calmrl <command> --help` lists config groups and options; `--cfg job` prints the composed config."
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    if argv[0] in ("-V", "--version"):
+        print(f"calmrl {__version__}")
+        return
+    command = argv[0]
+    if command not in COMMANDS:
+        _fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)}")
+    entry, _ = COMMANDS[command]
+    # Hydra reads sys.argv itself; hand it the overrides with the command name consumed.
+    sys.argv = [f"calmrl {command}", *argv[1:]]
+    entry()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""Structured-config schemas: every config group option extends one of these dataclasses.
+
+Hydra checks types and enum choices while composing (so `algo.lr=abc` or `algo.norm_adv=foo` fails
+before anything heavy is imported); `validate` then checks ranges and cross-group compatibility.
+Each yaml in `conf/<group>/` starts with `defaults: [/schema/<group>/<schema>@_here_, _self_]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+
+class ConfigError(ValueError):
+    """A config value a user must change; the message says which and how."""
+
+
+class Norm(StrEnum):
+    std = "std"  # (R - mean) / (std + eps)
+    mean = "mean"  # R - mean (Dr.GRPO-style, no std division)
+
+
+class Loss(StrEnum):
+    ppo_clip = "ppo_clip"
+    reinforce = "reinforce"
+
+
+class PromptFormat(StrEnum):
+    plain = "plain"  # the first line of the response is the action
+    tagged = "tagged"  # <think>...</think><action>...</action>
+
+
+class Resume(StrEnum):
+    auto = "auto"  # continue from the newest valid checkpoint of the run directory, if any
+    never = "never"  # start fresh; refuse to overwrite a run directory that holds checkpoints
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class DType(StrEnum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+# ---------------------------------------------------------------- env
+@dataclass
+class EnvConfig:
+    name: str = MISSING
+    max_steps: int = 12  # turns per episode
+    invalid_penalty: float = 0.1  # subtracted from a step's reward when its action is invalid
+    eval_episodes: int = 64  # held-out episodes per greedy evaluation
+    eval_seed_offset: int = 1_000_000_000  # eval seeds start here; training seeds stay below it
+
+
+@dataclass
+class GridWorldConfig(EnvConfig):
+    size: int = 5
+    walls: int = 3
+    key: bool = False
+
+
+# ---------------------------------------------------------------- policy
+@dataclass
+class TemplateConfig:
+    format: PromptFormat = PromptFormat.plain
+    history_len: int = 2  # past (observation, action) pairs shown in the prompt
+    chat: bool = False  # wrap the prompt in the tokenizer's chat template
+
+
+@dataclass
+class PolicyConfig:
+    name: str = MISSING
+    path: str | None = None  # a save_pretrained directory (config.json + safetensors + tokenizer)
+    dtype: DType = DType.float32
+    trust_remote_code: bool = False
+    max_new_tokens: int = 256  # response budget per turn
+    template: TemplateConfig = field(default_factory=TemplateConfig)
+
+
+@dataclass
+class TinyPolicyConfig(PolicyConfig):
+    hidden_size: int = 64
+    intermediate_size: int = 256
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    init_seed: int = 0
+
+
+# ---------------------------------------------------------------- shaper
+@dataclass
+class ShaperConfig:
+    name: str = "none"
+
+
+# ---------------------------------------------------------------- algo
+@dataclass
+class AlgoConfig:
+    name: str = MISSING
+    lr: float = 1e-6
+    loss: Loss = Loss.ppo_clip
+    clip_ratio: float = 0.2
+    kl_coef: float = 0.0  # weight of the low-variance KL to the frozen reference policy
+    ppo_epochs: int = 1
+    minibatch_size: int = 256  # step rows per optimizer step
+
+
+@dataclass
+class GRPOConfig(AlgoConfig):
+    norm_adv: Norm = Norm.std
+    eps: float = 1e-6
+
+
+# ---------------------------------------------------------------- rollout / learner / cluster / logger
+@dataclass
+class RolloutConfig:
+    name: str = MISSING
+    group_size: int = 8  # trajectories per task (GRPO group)
+    num_groups: int = 8  # tasks per iteration
+    temperature: float = 1.0
+    eval_temperature: float = 0.0  # 0 = greedy
+    max_new_tokens: int = 256
+    generation_batch_size: int = 256  # prompts per generate() call
+
+
+@dataclass
+class LearnerConfig:
+    name: str = MISSING
+    micro_batch_size: int = 64  # rows per forward/backward (gradient accumulation inside a minibatch)
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+
+
+@dataclass
+class ClusterConfig:
+    name: str = MISSING
+    num_threads: int | None = None  # torch intra-op threads; None keeps torch's default
+
+
+@dataclass
+class LoggerConfig:
+    name: str = MISSING
+    table_every: int = 10  # console: print a metrics table every N iterations
+    project: str = "calmrl"  # wandb
+    entity: str | None = None
+    mode: str | None = None  # wandb: online | offline; None = online iff WANDB_API_KEY is set
+
+
+# ---------------------------------------------------------------- top level
+@dataclass
+class TrainerConfig:
+    total_iters: int = 100
+    eval_every: int = 10  # greedy evaluation on held-out seeds every N iterations (0 = only start/end)
+    checkpoint_every: int = 5
+    keep_last: int = 2
+    drop_env_errors: bool = True  # leave trajectories whose env crashed out of the update
+
+
+@dataclass
+class TrainConfig:
+    env: Any = MISSING
+    policy: Any = MISSING
+    shaper: Any = MISSING
+    algo: Any = MISSING
+    rollout: Any = MISSING
+    learner: Any = MISSING
+    cluster: Any = MISSING
+    logger: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 0
+    run_name: str = MISSING
+    resume: Resume = Resume.auto
+    device: Device = Device.auto
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "env": {"base": EnvConfig, "gridworld": GridWorldConfig},
+    "policy": {"base": PolicyConfig, "tiny": TinyPolicyConfig},
+    "shaper": {"base": ShaperConfig},
+    "algo": {"base": AlgoConfig, "grpo": GRPOConfig},
+    "rollout": {"base": RolloutConfig},
+    "learner": {"base": LearnerConfig},
+    "cluster": {"base": ClusterConfig},
+    "logger": {"base": LoggerConfig},
+}
+
+
+def register_schemas() -> None:
+    """Put every schema in Hydra's ConfigStore under `schema/<group>/<name>`."""
+    cs = ConfigStore.instance()
+    cs.store(group="schema", name="train", node=TrainConfig)
+    for group, schemas in SCHEMAS.items():
+        for name, node in schemas.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range and compatibility checks Hydra's types cannot express. Cheap: imports nothing heavy."""
+    from pathlib import Path
+
+    from calmrl.algos import ALGOS
+    from calmrl.envs import ENVS
+    from calmrl.shapers import SHAPERS
+
+    ENVS.get(cfg.env.name)
+    ALGOS.get(cfg.algo.name)
+    SHAPERS.get(cfg.shaper.name)
+    _require(cfg.rollout.name == "hf", f"rollout={cfg.rollout.name} is not available yet; use rollout=hf")
+    _require(cfg.learner.name == "torch", f"learner={cfg.learner.name} is not available yet; use learner=torch")
+    _require(cfg.cluster.name == "local", f"cluster={cfg.cluster.name} is not available yet; use cluster=local")
+
+    _require(cfg.algo.lr > 0, f"algo.lr must be > 0, got {cfg.algo.lr}")
+    _require(0 < cfg.algo.clip_ratio < 1, f"algo.clip_ratio must be in (0, 1), got {cfg.algo.clip_ratio}")
+    _require(cfg.algo.kl_coef >= 0, f"algo.kl_coef must be >= 0, got {cfg.algo.kl_coef}")
+    _require(cfg.algo.ppo_epochs >= 1, f"algo.ppo_epochs must be >= 1, got {cfg.algo.ppo_epochs}")
+    _require(cfg.algo.minibatch_size >= 1, f"algo.minibatch_size must be >= 1, got {cfg.algo.minibatch_size}")
+    _require(cfg.rollout.group_size >= 2, f"rollout.group_size must be >= 2 for group baselines, got {cfg.rollout.group_size}")
+    _require(cfg.rollout.num_groups >= 1, f"rollout.num_groups must be >= 1, got {cfg.rollout.num_groups}")
+    _require(cfg.rollout.temperature > 0, f"rollout.temperature must be > 0, got {cfg.rollout.temperature}")
+    _require(cfg.rollout.eval_temperature >= 0, f"rollout.eval_temperature must be >= 0, got {cfg.rollout.eval_temperature}")
+    _require(cfg.rollout.max_new_tokens >= 1, f"rollout.max_new_tokens must be >= 1, got {cfg.rollout.max_new_tokens}")
+    _require(cfg.learner.micro_batch_size >= 1, f"learner.micro_batch_size must be >= 1, got {cfg.learner.micro_batch_size}")
+    _require(cfg.learner.max_grad_norm > 0, f"learner.max_grad_norm must be > 0, got {cfg.learner.max_grad_norm}")
+    _require(cfg.env.max_steps >= 1, f"env.max_steps must be >= 1, got {cfg.env.max_steps}")
+    _require(cfg.env.eval_episodes >= 1, f"env.eval_episodes must be >= 1, got {cfg.env.eval_episodes}")
+    _require(cfg.policy.template.history_len >= 0, f"policy.template.history_len must be >= 0, got {cfg.policy.template.history_len}")
+    _require(cfg.trainer.total_iters >= 1, f"trainer.total_iters must be >= 1, got {cfg.trainer.total_iters}")
+    _require(cfg.trainer.checkpoint_every >= 1, f"trainer.checkpoint_every must be >= 1, got {cfg.trainer.checkpoint_every}")
+    _require(cfg.trainer.keep_last >= 1, f"trainer.keep_last must be >= 1, got {cfg.trainer.keep_last}")
+    _require(cfg.trainer.eval_every >= 0, f"trainer.eval_every must be >= 0, got {cfg.trainer.eval_every}")
+    _require(cfg.logger.name in ("console", "wandb", "jsonl"), f"unknown logger {cfg.logger.name!r}")
+
+    if cfg.policy.path is not None:
+        path = Path(cfg.policy.path).expanduser()
+        _require(path.is_dir(), f"policy.path={cfg.policy.path} is not a directory; give a save_pretrained checkpoint directory")
+        _require((path / "config.json").is_file(), f"policy.path={cfg.policy.path} has no config.json; is it a Hugging Face save_pretrained directory?")
+        weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
+        _require(bool(weights), f"policy.path={cfg.policy.path} has no weights (*.safetensors); download or save the model there first")
+    elif cfg.policy.name != "tiny":
+        raise ConfigError(f"policy={cfg.policy.name} needs policy.path=/path/to/{cfg.policy.name} (a local save_pretrained directory)")
+    if cfg.device == "cuda":
+        import torch
+
+        _require(torch.cuda.is_available(), "device=cuda but no CUDA device is visible; use device=cpu or device=auto")

@@ -1,0 +1,47 @@
+"""The TextEnv protocol every environment implements, and the registry that names them.
+
+An environment is plain Python: `reset(seed)` starts an episode deterministically and `step(action)`
+advances it. Observations carry three views of the state:
+  - `text`: what the model reads this turn (no history: the prompt template adds that),
+  - `anchor`: a hashable key of the raw state, used to group identical states (GiGPO step groups),
+  - `admissible`: the actions valid now, when the env can list them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from calmrl.registry import Registry
+
+
+@dataclass(frozen=True)
+class Observation:
+    text: str
+    anchor: str
+    admissible: tuple[str, ...] | None = None
+
+
+@dataclass
+class StepResult:
+    observation: Observation
+    reward: float
+    done: bool
+    info: dict[str, Any] = field(default_factory=dict)
+    # info keys with a meaning the framework reads:
+    #   "invalid": bool  the action was not admissible (state unchanged; the rollout adds the penalty)
+    #   "success": bool  the episode reached its goal
+    #   "error":   str   the environment failed; the rollout ends the trajectory
+
+
+@runtime_checkable
+class TextEnv(Protocol):
+    #: the instruction shown at the top of every prompt of the episode
+    task: str
+
+    def reset(self, seed: int) -> Observation: ...
+
+    def step(self, action: str) -> StepResult: ...
+
+
+ENVS: Registry[type] = Registry("env")

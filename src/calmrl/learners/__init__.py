@@ -1,0 +1,1 @@
+"""Learners: policy/critic updates, optimisation and checkpointing."""

@@ -1,0 +1,112 @@
+"""The multi-turn episode loop, shared by every generation backend.
+
+All live episodes advance together: one batched `generate` call per turn for every env that is still
+running, then each env steps on its parsed action. A response that fails the format check does not
+reach the env: the step is recorded as invalid with the penalty and the observation stays the same.
+An env that raises ends its own trajectory with `error` set; the other episodes go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from calmrl.data import Step, Trajectory
+from calmrl.envs.base import Observation, TextEnv
+from calmrl.policy.template import PromptTemplate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Generation:
+    prompt_ids: list[int]
+    response_ids: list[int]  # includes the EOS token when one was generated
+    logprobs: list[float]  # sampling log-prob of each response token
+    text: str  # decoded response without special tokens
+
+
+#: prompts -> one Generation per prompt
+GenerateFn = Callable[[list[str]], list[Generation]]
+
+
+def run_episodes(
+    envs: Sequence[TextEnv],
+    seeds: Sequence[int],
+    uids: Sequence[int],
+    template: PromptTemplate,
+    generate: GenerateFn,
+    invalid_penalty: float,
+    max_steps: int,
+    timings: dict[str, float] | None = None,
+) -> list[Trajectory]:
+    """Play one episode in each env (env i reset with seeds[i], labelled group uids[i]).
+
+    `timings`, when given, accumulates seconds spent in "generate" and in "env" (reset + step).
+    """
+    timings = timings if timings is not None else {}
+    timings.setdefault("generate", 0.0)
+    timings.setdefault("env", 0.0)
+    t_env = time.perf_counter()
+    trajs = [Trajectory(uid=int(u), seed=int(s), task="") for u, s in zip(uids, seeds, strict=True)]
+    obs: list[Observation | None] = [None] * len(envs)
+    history: list[list[tuple[str, str]]] = [[] for _ in envs]
+    active: list[int] = []
+    for i, env in enumerate(envs):
+        try:
+            obs[i] = env.reset(int(seeds[i]))
+            trajs[i].task = env.task
+            active.append(i)
+        except Exception as exc:  # a broken env must not take the run down
+            trajs[i].error = f"reset failed: {exc!r}"
+            log.warning("env %d (seed %d) failed at reset: %r", i, seeds[i], exc)
+    timings["env"] += time.perf_counter() - t_env
+
+    for _turn in range(max_steps):
+        if not active:
+            break
+        prompts = [template.build(trajs[i].task, history[i], obs[i]) for i in active]
+        t_gen = time.perf_counter()
+        generations = generate(prompts)
+        timings["generate"] += time.perf_counter() - t_gen
+        still_active = []
+        for i, gen in zip(active, generations, strict=True):
+            ob = obs[i]
+            action = template.parse(gen.text, ob.admissible)
+            reward, done, info = 0.0, False, {}
+            if action is not None:
+                t_env = time.perf_counter()
+                try:
+                    result = envs[i].step(action)
+                except Exception as exc:
+                    trajs[i].error = f"step failed: {exc!r}"
+                    log.warning("env %d (seed %d) failed at step %d: %r", i, seeds[i], len(trajs[i].steps), exc)
+                    done, info = True, {"error": trajs[i].error}
+                else:
+                    obs[i], reward, done, info = result.observation, float(result.reward), result.done, dict(result.info)
+                timings["env"] += time.perf_counter() - t_env
+            invalid = action is None or bool(info.get("invalid", False))
+            if invalid:
+                reward -= invalid_penalty
+            trajs[i].steps.append(
+                Step(
+                    prompt_ids=gen.prompt_ids,
+                    response_ids=gen.response_ids,
+                    logprobs=gen.logprobs,
+                    response_text=gen.text,
+                    action=action,
+                    reward=reward,
+                    anchor=ob.anchor,
+                    invalid=invalid,
+                    info=info,
+                )
+            )
+            history[i].append((ob.text, action if action is not None else gen.text.strip()))
+            if done:
+                trajs[i].success = bool(info.get("success", False))
+            else:
+                still_active.append(i)
+        active = still_active
+    return trajs

@@ -1,0 +1,239 @@
+"""The training loop, written once: roll out, shape, assign credit, update, log, evaluate, checkpoint.
+
+    for it in 1..total_iters:
+        trajectories = rollout(policy, envs, num_groups tasks x group_size samples)
+        batch        = shaper(build_batch(trajectories))
+        advantages   = algo(batch)                       # credit assignment: [N, L]
+        learner.update(batch)                            # policy loss (+ KL), one or more epochs
+        every eval_every:       greedy success on held-out seeds
+        every checkpoint_every: atomic checkpoint (weights, optimizer, RNG, step)
+
+Training seeds of iteration `it` are a pure function of (seed, it), so a resumed run replays exactly
+the tasks it would have seen; evaluation seeds come from a disjoint range.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from calmrl.algos import ALGOS
+from calmrl.config import ConfigError
+from calmrl.data import build_batch
+from calmrl.envs import make_env
+from calmrl.learners.checkpoint import CheckpointManager, restore_rng
+from calmrl.learners.torch import TorchLearner
+from calmrl.logging import MetricsLogger
+from calmrl.policy import PromptTemplate, build_tiny_policy, load_policy
+from calmrl.rollout import HFGenerator, run_episodes
+from calmrl.shapers import SHAPERS
+
+
+@dataclass
+class EvalResult:
+    success_rate: float
+    episode_len: float
+    invalid_rate: float
+
+
+def train_seeds(seed: int, it: int, num_groups: int, eval_offset: int) -> list[int]:
+    """Task seeds of iteration `it`, drawn below the eval range."""
+    rng = np.random.default_rng([seed, it])
+    return rng.integers(0, eval_offset, size=num_groups).tolist()
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.device = pick_device(str(cfg.device))
+        if cfg.cluster.num_threads:
+            torch.set_num_threads(int(cfg.cluster.num_threads))
+        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.trainer.keep_last)
+        self.resume_from = self._find_resume_point()
+
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+
+        self.env_probe = make_env(cfg.env)
+        base_path = self._policy_path()
+        load_path = self.resume_from.policy_dir if self.resume_from else base_path
+        self.model, self.tokenizer = load_policy(load_path, cfg.policy.dtype, cfg.policy.trust_remote_code, self.device)
+        ref_model = None
+        if cfg.algo.kl_coef > 0:
+            ref_model, _ = load_policy(base_path, cfg.policy.dtype, cfg.policy.trust_remote_code, self.device)
+            ref_model.eval().requires_grad_(False)
+        self.template = PromptTemplate(tokenizer=self.tokenizer, **cfg.policy.template)
+        self.advantage_fn = ALGOS.get(cfg.algo.name)
+        self.shape = SHAPERS.get(cfg.shaper.name)
+        self.learner = TorchLearner(self.model, cfg.algo, cfg.learner, ref_model=ref_model)
+        self.sample = HFGenerator(self.model, self.tokenizer, cfg.rollout.max_new_tokens, cfg.rollout.temperature,
+                                  cfg.rollout.generation_batch_size)
+        self.greedy = HFGenerator(self.model, self.tokenizer, cfg.rollout.max_new_tokens, cfg.rollout.eval_temperature,
+                                  cfg.rollout.generation_batch_size)
+        n = cfg.rollout.num_groups * cfg.rollout.group_size
+        self.train_envs = [make_env(cfg.env) for _ in range(n)]
+        self.eval_envs = [make_env(cfg.env) for _ in range(cfg.env.eval_episodes)]
+
+        self.start_iter = 0
+        self.state: dict = {}
+        if self.resume_from is not None:
+            opt_state = self.resume_from.optimizer_state()
+            if opt_state is not None:
+                self.learner.optimizer.load_state_dict(opt_state)
+            restore_rng(self.resume_from.rng_state)
+            self.start_iter = self.resume_from.step
+            self.state = dict(self.resume_from.trainer_state)
+
+    # ---------------------------------------------------------------- setup helpers
+    def _find_resume_point(self):
+        existing = self.checkpoints.list()
+        if str(self.cfg.resume) == "never":
+            if existing:
+                raise ConfigError(
+                    f"{self.run_dir} already holds checkpoints; pass resume=auto to continue it, or run_name=<new> "
+                    "for a fresh run (nothing was overwritten)"
+                )
+            return None
+        return self.checkpoints.latest()
+
+    def _policy_path(self) -> Path:
+        if self.cfg.policy.path:
+            return Path(self.cfg.policy.path).expanduser()
+        words = list(self.env_probe.vocabulary()) + PromptTemplate.vocabulary()
+        return build_tiny_policy(self.run_dir / "tiny_policy", words, self.cfg.policy)
+
+    # ---------------------------------------------------------------- the loop
+    def rollout(self, it: int, timings: dict[str, float]):
+        cfg = self.cfg
+        seeds = train_seeds(cfg.seed, it, cfg.rollout.num_groups, cfg.env.eval_seed_offset)
+        g = cfg.rollout.group_size
+        return run_episodes(
+            self.train_envs,
+            seeds=[s for s in seeds for _ in range(g)],
+            uids=[u for u in range(len(seeds)) for _ in range(g)],
+            template=self.template,
+            generate=self.sample,
+            invalid_penalty=cfg.env.invalid_penalty,
+            max_steps=cfg.env.max_steps,
+            timings=timings,
+        )
+
+    @torch.no_grad()
+    def evaluate(self) -> EvalResult:
+        n = len(self.eval_envs)
+        seeds = [self.cfg.env.eval_seed_offset + i for i in range(n)]
+        trajs = run_episodes(self.eval_envs, seeds, list(range(n)), self.template, self.greedy,
+                             self.cfg.env.invalid_penalty, self.cfg.env.max_steps)
+        steps = [s for t in trajs for s in t.steps]
+        return EvalResult(
+            success_rate=float(np.mean([t.success for t in trajs])),
+            episode_len=float(np.mean([len(t.steps) for t in trajs])),
+            invalid_rate=float(np.mean([s.invalid for s in steps])) if steps else 0.0,
+        )
+
+    def train_iteration(self, it: int) -> dict[str, float]:
+        cfg = self.cfg
+        timings: dict[str, float] = {"generate": 0.0, "env": 0.0}
+        t0 = time.perf_counter()
+        trajs = self.rollout(it, timings)
+        errors = sum(t.error is not None for t in trajs)
+        used = [t for t in trajs if t.error is None] if cfg.trainer.drop_env_errors else trajs
+        t1 = time.perf_counter()
+        batch = self.shape(build_batch(used, self.tokenizer.pad_token_id), cfg.shaper)
+        batch.advantages = self.advantage_fn(batch, cfg.algo)
+        t2 = time.perf_counter()
+        update = self.learner.update(batch)
+        t3 = time.perf_counter()
+
+        adv_rows = batch.advantages.sum(1) / batch.response_mask.sum(1).clamp(min=1)
+        metrics = {
+            "rollout/success_rate": float(np.mean([t.success for t in trajs])),
+            "rollout/episode_return": float(np.mean([t.episode_return for t in used])) if used else 0.0,
+            "rollout/episode_len": float(np.mean([len(t.steps) for t in trajs])),
+            "rollout/invalid_rate": float(batch.invalid.float().mean()),
+            "rollout/response_tokens": float(batch.response_mask.sum(1).mean()),
+            "rollout/env_errors": float(errors),
+            "reward/step_mean": float(batch.rewards.mean()),
+            "credit/adv_mean": float(adv_rows.mean()),
+            "credit/adv_std": float(adv_rows.std()) if len(adv_rows) > 1 else 0.0,
+            "credit/adv_abs_max": float(adv_rows.abs().max()),
+            "credit/zero_adv_frac": float((adv_rows == 0).float().mean()),
+            **update,
+            "perf/generate_s": timings["generate"],
+            "perf/env_s": timings["env"],
+            "perf/rollout_other_s": (t1 - t0) - timings["generate"] - timings["env"],
+            "perf/credit_s": t2 - t1,
+            "perf/update_s": t3 - t2,
+            "perf/steps": float(len(batch)),
+        }
+        return metrics
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        total = cfg.trainer.total_iters
+        full_config = OmegaConf.to_container(cfg, resolve=True)
+        resume_step = self.resume_from.step if self.resume_from else None
+        logger = MetricsLogger(cfg.logger, self.run_dir, total, self.start_iter, resume_step, full_config)
+        try:
+            if self.resume_from is not None:
+                logger.message(f"resuming {self.run_dir} from iteration {self.start_iter} ({self.resume_from.path.name})")
+            if "initial_eval" not in self.state:
+                self.state["initial_eval"] = vars(self.evaluate())
+                logger.message(f"untrained greedy success on {cfg.env.eval_episodes} held-out seeds: "
+                               f"{self.state['initial_eval']['success_rate']:.3f}")
+            last_eval = None
+            for it in range(self.start_iter + 1, total + 1):
+                t_start = time.perf_counter()
+                metrics = self.train_iteration(it)
+                if metrics["loss/skipped_steps"]:
+                    logger.message(f"[yellow]iteration {it}: skipped {int(metrics['loss/skipped_steps'])} optimizer "
+                                   "step(s) with a non-finite loss or gradient norm")
+                if it == total or (cfg.trainer.eval_every and it % cfg.trainer.eval_every == 0):
+                    t_eval = time.perf_counter()
+                    last_eval = self.evaluate()
+                    metrics.update({f"eval/{k}": v for k, v in vars(last_eval).items()})
+                    metrics["perf/eval_s"] = time.perf_counter() - t_eval
+                if it == total or it % cfg.trainer.checkpoint_every == 0:
+                    t_ckpt = time.perf_counter()
+                    if last_eval is not None:
+                        self.state["last_eval"] = vars(last_eval)
+                    self.checkpoints.save(it, self.model, self.tokenizer, self.learner.optimizer.state_dict(),
+                                          trainer_state=self.state)
+                    metrics["perf/checkpoint_s"] = time.perf_counter() - t_ckpt
+                metrics["perf/iter_s"] = time.perf_counter() - t_start
+                logger.log(it, metrics)
+            final = vars(last_eval) if last_eval is not None else self.state.get("last_eval", {})
+            summary = {
+                "initial_success_rate": self.state["initial_eval"]["success_rate"],
+                "final_success_rate": final.get("success_rate"),
+                "iterations": total,
+                "metrics_file": str(self.run_dir / "metrics.jsonl"),
+                "checkpoint_dir": str(self.checkpoints.directory),
+            }
+            _print_summary(logger, summary, cfg.env.eval_episodes)
+            return summary
+        finally:
+            logger.close()
+
+
+def _print_summary(logger: MetricsLogger, summary: dict, episodes: int) -> None:
+    final = summary["final_success_rate"]
+    final_txt = f"{final:.3f}" if final is not None else "n/a (run already complete)"
+    logger.message(
+        f"\n[bold]greedy success on {episodes} held-out seeds: untrained {summary['initial_success_rate']:.3f} "
+        f"-> trained {final_txt}[/bold]\nmetrics: {summary['metrics_file']}\ncheckpoints: {summary['checkpoint_dir']}"
+    )

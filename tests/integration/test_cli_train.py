@@ -1,0 +1,93 @@
+"""The train command end to end: a short run, a sweep, resume after SIGKILL, corrupt checkpoints."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import FAST, calmrl
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_short_run_writes_metrics_and_checkpoints(workdir):
+    out = calmrl("train", *FAST, "trainer.total_iters=3", "trainer.checkpoint_every=2", "run_name=short", cwd=workdir)
+    run = workdir / "runs" / "short"
+    records = _records(run / "metrics.jsonl")
+    assert [r["iter"] for r in records] == [1, 2, 3]
+    for key in ("rollout/success_rate", "credit/adv_mean", "loss/policy", "perf/generate_s", "perf/update_s", "eval/success_rate"):
+        assert key in records[-1], key
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir()) == ["step_00000002", "step_00000003"]
+    assert "untrained" in out.stdout and "metrics:" in out.stdout and str(run / "metrics.jsonl") in out.stdout
+
+
+def test_multirun_sweep_runs_two_jobs(workdir):
+    calmrl("train", "-m", "seed=0,1", "trainer.total_iters=2", *FAST, cwd=workdir)
+    sweeps = list((workdir / "runs" / "multirun").iterdir())
+    assert len(sweeps) == 1
+    jobs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir())
+    assert jobs == ["0-gridworld-grpo-seed0", "1-gridworld-grpo-seed1"]
+    for job in jobs:
+        assert len(_records(sweeps[0] / job / "metrics.jsonl")) == 2
+
+
+def test_resume_after_sigkill_continues_from_last_checkpoint(workdir):
+    args = ["train", *FAST, "trainer.total_iters=12", "trainer.checkpoint_every=2", "run_name=killed"]
+    run = workdir / "runs" / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    proc = subprocess.Popen([sys.executable, "-m", "calmrl", *args], cwd=workdir, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill once at least two checkpoints exist, mid-training
+        ckpts = list((run / "checkpoints").glob("step_*")) if (run / "checkpoints").exists() else []
+        if any(p.name >= "step_00000004" for p in ckpts):
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _records(run / "metrics.jsonl")
+    assert before and before[-1]["iter"] < 12, "the run finished before it could be killed"
+
+    out = calmrl(*args, cwd=workdir)
+    assert "resuming" in out.stdout
+    resumed_from = int(out.stdout.split("from iteration ")[1].split()[0])
+    assert resumed_from >= 4 and resumed_from % 2 == 0
+    after = _records(run / "metrics.jsonl")
+    assert [r["iter"] for r in after] == list(range(1, 13))  # no iteration lost, none counted twice
+    assert after[: resumed_from] == before[: resumed_from]  # finished iterations kept as they were
+
+
+def test_resume_is_exact(workdir):
+    """Iterations replayed after a resume equal those of an uninterrupted run (step counter and RNG restored)."""
+    common = [*FAST, "trainer.checkpoint_every=2"]
+    calmrl("train", *common, "trainer.total_iters=4", "run_name=straight", cwd=workdir)
+    calmrl("train", *common, "trainer.total_iters=2", "run_name=pieces", cwd=workdir)
+    calmrl("train", *common, "trainer.total_iters=4", "run_name=pieces", cwd=workdir)
+    straight = _records(workdir / "runs" / "straight" / "metrics.jsonl")
+    pieces = _records(workdir / "runs" / "pieces" / "metrics.jsonl")
+    drop = lambda r: {k: v for k, v in r.items() if not k.startswith("perf/")}  # noqa: E731
+    assert [drop(r) for r in pieces] == [drop(r) for r in straight]
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(workdir):
+    args = ["train", *FAST, "trainer.checkpoint_every=1", "run_name=corrupt"]
+    calmrl(*args, "trainer.total_iters=2", cwd=workdir)
+    latest = workdir / "runs" / "corrupt" / "checkpoints" / "step_00000002" / "policy" / "model.safetensors"
+    data = bytearray(latest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    latest.write_bytes(bytes(data))
+    out = calmrl(*args, "trainer.total_iters=3", cwd=workdir)
+    assert "from iteration 1" in out.stdout
+    assert [r["iter"] for r in _records(workdir / "runs" / "corrupt" / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_resume_never_refuses_to_overwrite(workdir):
+    args = ["train", *FAST, "trainer.total_iters=1", "run_name=keep"]
+    calmrl(*args, cwd=workdir)
+    proc = calmrl(*args, "resume=never", cwd=workdir, check=False)
+    assert proc.returncode == 2 and "already holds checkpoints" in proc.stderr
+    assert (workdir / "runs" / "keep" / "checkpoints" / "step_00000001").is_dir()
