@@ -60,7 +60,7 @@ def _iter_of(line: str) -> int | None:
 class MetricsLogger:
     def __init__(self, cfg, run_dir: Path, total_iters: int, start_iter: int, resume_step: int | None, full_config: dict):
         self.cfg = cfg
-        self.console = Console(stderr=False)
+        self.console = Console(soft_wrap=True)  # never break a path across lines
         self.jsonl = JsonlWriter(run_dir / "metrics.jsonl", resume_step)
         self.table_every = max(int(cfg.table_every), 1)
         self.interactive = self.console.is_terminal and cfg.name != "jsonl"

@@ -69,7 +69,8 @@ def test_resume_is_exact(workdir):
     calmrl("train", *common, "trainer.total_iters=4", "run_name=pieces", cwd=workdir)
     straight = _records(workdir / "runs" / "straight" / "metrics.jsonl")
     pieces = _records(workdir / "runs" / "pieces" / "metrics.jsonl")
-    drop = lambda r: {k: v for k, v in r.items() if not k.startswith("perf/")}  # noqa: E731
+    # timings differ, and the 2-iteration run evaluates at its end; every training metric must match
+    drop = lambda r: {k: v for k, v in r.items() if not k.startswith(("perf/", "eval/"))}  # noqa: E731
     assert [drop(r) for r in pieces] == [drop(r) for r in straight]
 
 

@@ -84,7 +84,7 @@ class TorchLearner:
                     ref = token_logprobs(self.ref_model, ids, attn)
                 kl = masked_mean(kl_low_var(logp, ref), mask)
                 loss = loss + self.algo.kl_coef * kl
-                sums["kl"] += float(kl) * float(share)
+                sums["kl"] += float(kl.detach()) * float(share)
             if not torch.isfinite(loss):
                 finite = False
                 break

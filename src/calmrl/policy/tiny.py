@@ -23,8 +23,11 @@ def build_tokenizer(words: list[str]):
     The merges are learned with `tokenizers` on the words, with and without the leading space that the
     Qwen2 pre-tokenizer attaches; the result is a genuine `Qwen2Tokenizer`, the class transformers
     picks for a qwen2 model directory, so it survives save_pretrained / AutoTokenizer unchanged.
+    The base alphabet is only the bytes the words use (not all 256): a random-init policy then puts far
+    less probability on tokens no action can contain, and text outside the env's language is not
+    representable, which a model that only ever reads its env's text never needs.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, models, trainers
     from transformers import Qwen2Tokenizer
 
     pipeline = Qwen2Tokenizer(vocab={EOS_TOKEN: 0}, merges=[])._tokenizer  # Qwen2's normalizer + pre-tokenizer
@@ -35,7 +38,6 @@ def build_tokenizer(words: list[str]):
         vocab_size=1_000_000,  # no cap: merge until every word is one token
         min_frequency=1,
         special_tokens=[EOS_TOKEN, PAD_TOKEN],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     words = sorted(set(words))
