@@ -66,6 +66,8 @@ class GridWorldConfig(EnvConfig):
     size: int = 5
     walls: int = 3
     key: bool = False
+    distances: bool = False  # "goal 2 north" (true) or "goal north" (false)
+    walls_text: bool = False  # also name the blocked directions ("wall east .")
 
 
 # ---------------------------------------------------------------- policy
@@ -125,7 +127,7 @@ class GRPOConfig(AlgoConfig):
 class RolloutConfig:
     name: str = MISSING
     group_size: int = 8  # trajectories per task (GRPO group)
-    num_groups: int = 8  # tasks per iteration
+    num_groups: int = 16  # tasks per iteration
     temperature: float = 1.0
     eval_temperature: float = 0.0  # 0 = greedy
     max_new_tokens: int = 256
@@ -158,7 +160,7 @@ class LoggerConfig:
 # ---------------------------------------------------------------- top level
 @dataclass
 class TrainerConfig:
-    total_iters: int = 100
+    total_iters: int = 150
     eval_every: int = 10  # greedy evaluation on held-out seeds every N iterations (0 = only start/end)
     checkpoint_every: int = 5
     keep_last: int = 2

@@ -28,7 +28,8 @@ _MAX_LAYOUT_TRIES = 100_000
 class GridWorld:
     """Deterministic-by-seed grid navigation with relative-direction text observations."""
 
-    def __init__(self, size: int = 5, walls: int = 3, key: bool = False, max_steps: int = 12):
+    def __init__(self, size: int = 5, walls: int = 3, key: bool = False, max_steps: int = 12, distances: bool = True,
+                 walls_text: bool = True):
         if not 3 <= size <= 9:
             # Distances are single-digit words, which keeps the vocabulary (and the tokenizer) tiny.
             raise ValueError(f"gridworld size must be between 3 and 9, got {size}")
@@ -40,6 +41,8 @@ class GridWorld:
         if max_steps < 1:
             raise ValueError(f"gridworld max_steps must be at least 1, got {max_steps}")
         self.size, self.n_walls, self.key_mode, self.max_steps = size, walls, bool(key), max_steps
+        self.distances = bool(distances)
+        self.walls_text = bool(walls_text)
         self.task = "pick up the key then reach the goal ." if self.key_mode else "reach the goal ."
         self._pos: Cell | None = None
         self._done = False
@@ -175,17 +178,18 @@ class GridWorld:
             parts.append("holding key ." if self.has_key else f"key {self._relative(self.key)} .")
         parts.append(f"goal {self._relative(self.goal)} .")
         blocked = [a for a, d in MOVES.items() if not self._inside_open(_add(self._pos, d))]
-        parts.append(f"wall {' '.join(blocked) or 'none'} .")
+        if self.walls_text:
+            parts.append(f"wall {' '.join(blocked) or 'none'} .")
         anchor = f"{self._pos[0]},{self._pos[1]},{int(self.has_key)}"
         return Observation(" ".join(parts), anchor, self._admissible())
 
     def _relative(self, cell: Cell) -> str:
         dr, dc = cell[0] - self._pos[0], cell[1] - self._pos[1]
         words = []
-        if dr:
-            words.append(f"{abs(dr)} {'south' if dr > 0 else 'north'}")
-        if dc:
-            words.append(f"{abs(dc)} {'east' if dc > 0 else 'west'}")
+        for delta, ahead, behind in ((dr, "south", "north"), (dc, "east", "west")):
+            if delta:
+                direction = ahead if delta > 0 else behind
+                words.append(f"{abs(delta)} {direction}" if self.distances else direction)
         return " ".join(words) or "here"
 
 

@@ -294,3 +294,14 @@ def test_start_at_least_two_steps_from_goal(key):
         assert abs(r - env.goal[0]) + abs(c - env.goal[1]) >= 2, seed
         if key:
             assert (r, c) not in (env.key, env.goal) and env.key != env.goal
+
+
+def test_compact_text_drops_distances_and_walls_but_keeps_state():
+    full = GridWorld(distances=True, walls_text=True)
+    compact = GridWorld(distances=False, walls_text=False)
+    a, b = full.reset(0), compact.reset(0)
+    # seed 0: agent at (4, 4), goal two rows up and two columns left, walls south (edge) and east (edge)
+    assert a.text == "goal 2 north 2 west . wall south east ."
+    assert b.text == "goal north west ."
+    assert a.anchor == b.anchor and a.admissible == b.admissible == ("north", "west")
+    assert set(b.text.split()) <= set(GridWorld.vocabulary(5))
