@@ -45,7 +45,15 @@ def main(argv: list[str]) -> None:
         trainer = Trainer(cfg, Path(tmp))
         logger = MetricsLogger(cfg.logger, Path(tmp), warmup + measured, 0, None, {})
         logger.print_table = lambda *a, **k: None  # keep the benchmark's own output readable
-        stages = {"generation": [], "env": [], "rollout bookkeeping": [], "credit": [], "update": [], "logging": [], "iteration": []}
+        stages = {
+            "generation": [],
+            "env": [],
+            "rollout bookkeeping": [],
+            "credit": [],
+            "update": [],
+            "logging": [],
+            "iteration": [],
+        }
         devnull = open(os.devnull, "w")
         for it in range(1, warmup + measured + 1):
             t0 = time.perf_counter()
@@ -71,9 +79,11 @@ def main(argv: list[str]) -> None:
     mean = {k: sum(v) / len(v) for k, v in stages.items()}
     total = mean["iteration"]
     rows = cfg.rollout.num_groups * cfg.rollout.group_size
-    print(f"default run: env={cfg.env.name} policy={cfg.policy.name} algo={cfg.algo.name} "
-          f"({cfg.rollout.num_groups} groups x {cfg.rollout.group_size} = {rows} episodes per iteration), "
-          f"{measured} measured iterations after {warmup} warm-up")
+    print(
+        f"default run: env={cfg.env.name} policy={cfg.policy.name} algo={cfg.algo.name} "
+        f"({cfg.rollout.num_groups} groups x {cfg.rollout.group_size} = {rows} episodes per iteration), "
+        f"{measured} measured iterations after {warmup} warm-up"
+    )
     print(f"{'stage':<22}{'mean s':>10}{'share of iteration':>22}")
     for name, value in mean.items():
         if name != "iteration":

@@ -18,7 +18,14 @@ def tiny_policy_dir(tmp_path_factory):
     from calmrl.policy import PromptTemplate, build_tiny_policy
 
     cfg = OmegaConf.create(
-        {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "init_seed": 0}
+        {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_layers": 1,
+            "num_heads": 2,
+            "num_kv_heads": 1,
+            "init_seed": 0,
+        }
     )
     words = GridWorld.vocabulary(5) + PromptTemplate.vocabulary()
     return build_tiny_policy(tmp_path_factory.mktemp("tiny"), words, cfg)

@@ -80,9 +80,11 @@ def _quiet_libraries() -> None:
 
 COMMANDS = {"train": (train, "train a policy (roll out, assign credit, update, evaluate, checkpoint)")}
 
-USAGE = "usage: calmrl <command> [hydra overrides...]\n\ncommands:\n" + "\n".join(
-    f"  {name:<10}{help_}" for name, (_, help_) in COMMANDS.items()
-) + "\n\n`calmrl <command> --help` lists config groups and options; `--cfg job` prints the composed config."
+USAGE = (
+    "usage: calmrl <command> [hydra overrides...]\n\ncommands:\n"
+    + "\n".join(f"  {name:<10}{help_}" for name, (_, help_) in COMMANDS.items())
+    + "\n\n`calmrl <command> --help` lists config groups and options; `--cfg job` prints the composed config."
+)
 
 
 def main(argv: list[str] | None = None) -> None:

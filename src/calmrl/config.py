@@ -230,31 +230,63 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.algo.kl_coef >= 0, f"algo.kl_coef must be >= 0, got {cfg.algo.kl_coef}")
     _require(cfg.algo.ppo_epochs >= 1, f"algo.ppo_epochs must be >= 1, got {cfg.algo.ppo_epochs}")
     _require(cfg.algo.minibatch_size >= 1, f"algo.minibatch_size must be >= 1, got {cfg.algo.minibatch_size}")
-    _require(cfg.rollout.group_size >= 2, f"rollout.group_size must be >= 2 for group baselines, got {cfg.rollout.group_size}")
+    _require(
+        cfg.rollout.group_size >= 2,
+        f"rollout.group_size must be >= 2 for group baselines, got {cfg.rollout.group_size}",
+    )
     _require(cfg.rollout.num_groups >= 1, f"rollout.num_groups must be >= 1, got {cfg.rollout.num_groups}")
     _require(cfg.rollout.temperature > 0, f"rollout.temperature must be > 0, got {cfg.rollout.temperature}")
-    _require(cfg.rollout.eval_temperature >= 0, f"rollout.eval_temperature must be >= 0, got {cfg.rollout.eval_temperature}")
-    _require(cfg.rollout.max_new_tokens >= 1, f"rollout.max_new_tokens must be >= 1, got {cfg.rollout.max_new_tokens}")
-    _require(cfg.learner.micro_batch_size >= 1, f"learner.micro_batch_size must be >= 1, got {cfg.learner.micro_batch_size}")
+    _require(
+        cfg.rollout.eval_temperature >= 0,
+        f"rollout.eval_temperature must be >= 0, got {cfg.rollout.eval_temperature}",
+    )
+    _require(
+        cfg.rollout.max_new_tokens >= 1,
+        f"rollout.max_new_tokens must be >= 1, got {cfg.rollout.max_new_tokens}",
+    )
+    _require(
+        cfg.learner.micro_batch_size >= 1,
+        f"learner.micro_batch_size must be >= 1, got {cfg.learner.micro_batch_size}",
+    )
     _require(cfg.learner.max_grad_norm > 0, f"learner.max_grad_norm must be > 0, got {cfg.learner.max_grad_norm}")
     _require(cfg.env.max_steps >= 1, f"env.max_steps must be >= 1, got {cfg.env.max_steps}")
     _require(cfg.env.eval_episodes >= 1, f"env.eval_episodes must be >= 1, got {cfg.env.eval_episodes}")
-    _require(cfg.policy.template.history_len >= 0, f"policy.template.history_len must be >= 0, got {cfg.policy.template.history_len}")
+    _require(
+        cfg.policy.template.history_len >= 0,
+        f"policy.template.history_len must be >= 0, got {cfg.policy.template.history_len}",
+    )
     _require(cfg.trainer.total_iters >= 1, f"trainer.total_iters must be >= 1, got {cfg.trainer.total_iters}")
-    _require(cfg.trainer.checkpoint_every >= 1, f"trainer.checkpoint_every must be >= 1, got {cfg.trainer.checkpoint_every}")
+    _require(
+        cfg.trainer.checkpoint_every >= 1,
+        f"trainer.checkpoint_every must be >= 1, got {cfg.trainer.checkpoint_every}",
+    )
     _require(cfg.trainer.keep_last >= 1, f"trainer.keep_last must be >= 1, got {cfg.trainer.keep_last}")
     _require(cfg.trainer.eval_every >= 0, f"trainer.eval_every must be >= 0, got {cfg.trainer.eval_every}")
     _require(cfg.logger.name in ("console", "wandb", "jsonl"), f"unknown logger {cfg.logger.name!r}")
 
     if cfg.policy.path is not None:
         path = Path(cfg.policy.path).expanduser()
-        _require(path.is_dir(), f"policy.path={cfg.policy.path} is not a directory; give a save_pretrained checkpoint directory")
-        _require((path / "config.json").is_file(), f"policy.path={cfg.policy.path} has no config.json; is it a Hugging Face save_pretrained directory?")
+        _require(
+            path.is_dir(),
+            f"policy.path={cfg.policy.path} is not a directory; give a save_pretrained checkpoint directory",
+        )
+        _require(
+            (path / "config.json").is_file(),
+            f"policy.path={cfg.policy.path} has no config.json; is it a Hugging Face save_pretrained directory?",
+        )
         weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
-        _require(bool(weights), f"policy.path={cfg.policy.path} has no weights (*.safetensors); download or save the model there first")
+        _require(
+            bool(weights),
+            f"policy.path={cfg.policy.path} has no weights (*.safetensors); download or save the model there first",
+        )
     elif cfg.policy.name != "tiny":
-        raise ConfigError(f"policy={cfg.policy.name} needs policy.path=/path/to/{cfg.policy.name} (a local save_pretrained directory)")
+        raise ConfigError(
+            f"policy={cfg.policy.name} needs policy.path=/path/to/{cfg.policy.name} (a local save_pretrained directory)"
+        )
     if cfg.device == "cuda":
         import torch
 
-        _require(torch.cuda.is_available(), "device=cuda but no CUDA device is visible; use device=cpu or device=auto")
+        _require(
+            torch.cuda.is_available(),
+            "device=cuda but no CUDA device is visible; use device=cpu or device=auto",
+        )

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 #: metric -> label in the one-line progress status
@@ -34,7 +41,11 @@ class JsonlWriter:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines() if _iter_of(line) is not None and _iter_of(line) <= resume_step]
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if _iter_of(line) is not None and _iter_of(line) <= resume_step
+            ]
             tmp = path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, path)
@@ -58,7 +69,15 @@ def _iter_of(line: str) -> int | None:
 
 
 class MetricsLogger:
-    def __init__(self, cfg, run_dir: Path, total_iters: int, start_iter: int, resume_step: int | None, full_config: dict):
+    def __init__(
+        self,
+        cfg,
+        run_dir: Path,
+        total_iters: int,
+        start_iter: int,
+        resume_step: int | None,
+        full_config: dict,
+    ):
         self.cfg = cfg
         self.console = Console(soft_wrap=True)  # never break a path across lines
         self.jsonl = JsonlWriter(run_dir / "metrics.jsonl", resume_step)
@@ -70,8 +89,13 @@ class MetricsLogger:
         self.progress = None
         if self.interactive:
             self.progress = Progress(
-                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-                TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
             )
             self.task = self.progress.add_task("train", total=total_iters, completed=start_iter, status="")
             self.progress.start()
@@ -115,6 +139,11 @@ def _start_wandb(cfg, run_dir: Path, full_config: dict, resumed: bool):
         raise SystemExit(2) from None
     mode = cfg.mode or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
     return wandb.init(
-        project=cfg.project, entity=cfg.entity, mode=mode, dir=str(run_dir), config=full_config,
-        id=run_dir.name.replace("/", "-"), resume="allow" if resumed else None,
+        project=cfg.project,
+        entity=cfg.entity,
+        mode=mode,
+        dir=str(run_dir),
+        config=full_config,
+        id=run_dir.name.replace("/", "-"),
+        resume="allow" if resumed else None,
     )

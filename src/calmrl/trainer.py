@@ -80,10 +80,20 @@ class Trainer:
         self.advantage_fn = ALGOS.get(cfg.algo.name)
         self.shape = SHAPERS.get(cfg.shaper.name)
         self.learner = TorchLearner(self.model, cfg.algo, cfg.learner, ref_model=ref_model)
-        self.sample = HFGenerator(self.model, self.tokenizer, cfg.rollout.max_new_tokens, cfg.rollout.temperature,
-                                  cfg.rollout.generation_batch_size)
-        self.greedy = HFGenerator(self.model, self.tokenizer, cfg.rollout.max_new_tokens, cfg.rollout.eval_temperature,
-                                  cfg.rollout.generation_batch_size)
+        self.sample = HFGenerator(
+            self.model,
+            self.tokenizer,
+            cfg.rollout.max_new_tokens,
+            cfg.rollout.temperature,
+            cfg.rollout.generation_batch_size,
+        )
+        self.greedy = HFGenerator(
+            self.model,
+            self.tokenizer,
+            cfg.rollout.max_new_tokens,
+            cfg.rollout.eval_temperature,
+            cfg.rollout.generation_batch_size,
+        )
         n = cfg.rollout.num_groups * cfg.rollout.group_size
         self.train_envs = [make_env(cfg.env) for _ in range(n)]
         self.eval_envs = [make_env(cfg.env) for _ in range(cfg.env.eval_episodes)]
@@ -136,8 +146,15 @@ class Trainer:
     def evaluate(self) -> EvalResult:
         n = len(self.eval_envs)
         seeds = [self.cfg.env.eval_seed_offset + i for i in range(n)]
-        trajs = run_episodes(self.eval_envs, seeds, list(range(n)), self.template, self.greedy,
-                             self.cfg.env.invalid_penalty, self.cfg.env.max_steps)
+        trajs = run_episodes(
+            self.eval_envs,
+            seeds,
+            list(range(n)),
+            self.template,
+            self.greedy,
+            self.cfg.env.invalid_penalty,
+            self.cfg.env.max_steps,
+        )
         steps = [s for t in trajs for s in t.steps]
         return EvalResult(
             success_rate=float(np.mean([t.success for t in trajs])),
@@ -190,18 +207,24 @@ class Trainer:
         logger = MetricsLogger(cfg.logger, self.run_dir, total, self.start_iter, resume_step, full_config)
         try:
             if self.resume_from is not None:
-                logger.message(f"resuming {self.run_dir} from iteration {self.start_iter} ({self.resume_from.path.name})")
+                logger.message(
+                    f"resuming {self.run_dir} from iteration {self.start_iter} ({self.resume_from.path.name})"
+                )
             if "initial_eval" not in self.state:
                 self.state["initial_eval"] = vars(self.evaluate())
-                logger.message(f"untrained greedy success on {cfg.env.eval_episodes} held-out seeds: "
-                               f"{self.state['initial_eval']['success_rate']:.3f}")
+                logger.message(
+                    f"untrained greedy success on {cfg.env.eval_episodes} held-out seeds: "
+                    f"{self.state['initial_eval']['success_rate']:.3f}"
+                )
             last_eval = None
             for it in range(self.start_iter + 1, total + 1):
                 t_start = time.perf_counter()
                 metrics = self.train_iteration(it)
                 if metrics["loss/skipped_steps"]:
-                    logger.message(f"[yellow]iteration {it}: skipped {int(metrics['loss/skipped_steps'])} optimizer "
-                                   "step(s) with a non-finite loss or gradient norm")
+                    logger.message(
+                        f"[yellow]iteration {it}: skipped {int(metrics['loss/skipped_steps'])} optimizer "
+                        "step(s) with a non-finite loss or gradient norm"
+                    )
                 if it == total or (cfg.trainer.eval_every and it % cfg.trainer.eval_every == 0):
                     t_eval = time.perf_counter()
                     last_eval = self.evaluate()
@@ -211,8 +234,13 @@ class Trainer:
                     t_ckpt = time.perf_counter()
                     if last_eval is not None:
                         self.state["last_eval"] = vars(last_eval)
-                    self.checkpoints.save(it, self.model, self.tokenizer, self.learner.optimizer.state_dict(),
-                                          trainer_state=self.state)
+                    self.checkpoints.save(
+                        it,
+                        self.model,
+                        self.tokenizer,
+                        self.learner.optimizer.state_dict(),
+                        trainer_state=self.state,
+                    )
                     metrics["perf/checkpoint_s"] = time.perf_counter() - t_ckpt
                 metrics["perf/iter_s"] = time.perf_counter() - t_start
                 logger.log(it, metrics)

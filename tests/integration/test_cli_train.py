@@ -19,9 +19,19 @@ def test_short_run_writes_metrics_and_checkpoints(workdir):
     run = workdir / "runs" / "short"
     records = _records(run / "metrics.jsonl")
     assert [r["iter"] for r in records] == [1, 2, 3]
-    for key in ("rollout/success_rate", "credit/adv_mean", "loss/policy", "perf/generate_s", "perf/update_s", "eval/success_rate"):
+    for key in (
+        "rollout/success_rate",
+        "credit/adv_mean",
+        "loss/policy",
+        "perf/generate_s",
+        "perf/update_s",
+        "eval/success_rate",
+    ):
         assert key in records[-1], key
-    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir()) == ["step_00000002", "step_00000003"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir()) == [
+        "step_00000002",
+        "step_00000003",
+    ]
     assert "untrained" in out.stdout and "metrics:" in out.stdout and str(run / "metrics.jsonl") in out.stdout
 
 
@@ -39,8 +49,13 @@ def test_resume_after_sigkill_continues_from_last_checkpoint(workdir):
     args = ["train", *FAST, "trainer.total_iters=12", "trainer.checkpoint_every=2", "run_name=killed"]
     run = workdir / "runs" / "killed"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    proc = subprocess.Popen([sys.executable, "-m", "calmrl", *args], cwd=workdir, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "calmrl", *args],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while time.time() < deadline:  # kill once at least two checkpoints exist, mid-training
         ckpts = list((run / "checkpoints").glob("step_*")) if (run / "checkpoints").exists() else []
@@ -58,7 +73,7 @@ def test_resume_after_sigkill_continues_from_last_checkpoint(workdir):
     assert resumed_from >= 4 and resumed_from % 2 == 0
     after = _records(run / "metrics.jsonl")
     assert [r["iter"] for r in after] == list(range(1, 13))  # no iteration lost, none counted twice
-    assert after[: resumed_from] == before[: resumed_from]  # finished iterations kept as they were
+    assert after[:resumed_from] == before[:resumed_from]  # finished iterations kept as they were
 
 
 def test_resume_is_exact(workdir):

@@ -17,7 +17,14 @@ def _mean(records, key):
 
 def test_small_budget_already_learns(workdir):
     """40 iterations of the default: the policy learns the action format and starts reaching goals."""
-    calmrl("train", "trainer.total_iters=40", "trainer.eval_every=0", "logger=jsonl", "run_name=budget", cwd=workdir)
+    calmrl(
+        "train",
+        "trainer.total_iters=40",
+        "trainer.eval_every=0",
+        "logger=jsonl",
+        "run_name=budget",
+        cwd=workdir,
+    )
     records = _records(workdir / "runs" / "budget" / "metrics.jsonl")
     first, last = records[:3], records[-5:]
     assert _mean(first, "rollout/invalid_rate") > 0.8  # random init: almost no admissible action

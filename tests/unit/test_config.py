@@ -12,8 +12,18 @@ def make(*overrides):
 
 def test_default_composes_and_validates():
     cfg = make()
-    assert (cfg.env.name, cfg.policy.name, cfg.shaper.name, cfg.algo.name) == ("gridworld", "tiny", "none", "grpo")
-    assert (cfg.rollout.name, cfg.learner.name, cfg.cluster.name, cfg.logger.name) == ("hf", "torch", "local", "console")
+    assert (cfg.env.name, cfg.policy.name, cfg.shaper.name, cfg.algo.name) == (
+        "gridworld",
+        "tiny",
+        "none",
+        "grpo",
+    )
+    assert (cfg.rollout.name, cfg.learner.name, cfg.cluster.name, cfg.logger.name) == (
+        "hf",
+        "torch",
+        "local",
+        "console",
+    )
     assert cfg.rollout.max_new_tokens == cfg.policy.max_new_tokens
     validate(cfg)
 

@@ -5,12 +5,25 @@ from calmrl.data import Step, Trajectory, build_batch
 
 
 def _step(prompt, response, logprobs, reward, anchor, invalid=False):
-    return Step(prompt_ids=prompt, response_ids=response, logprobs=logprobs, response_text="r", action=None if invalid else "a",
-                reward=reward, anchor=anchor, invalid=invalid)
+    return Step(
+        prompt_ids=prompt,
+        response_ids=response,
+        logprobs=logprobs,
+        response_text="r",
+        action=None if invalid else "a",
+        reward=reward,
+        anchor=anchor,
+        invalid=invalid,
+    )
 
 
 def test_build_batch_layout():
-    t0 = Trajectory(uid=5, seed=1, task="t", steps=[_step([1, 2], [3], [-0.1], 0.0, "A"), _step([1, 2, 4], [5, 6], [-0.2, -0.3], 1.0, "B")])
+    t0 = Trajectory(
+        uid=5,
+        seed=1,
+        task="t",
+        steps=[_step([1, 2], [3], [-0.1], 0.0, "A"), _step([1, 2, 4], [5, 6], [-0.2, -0.3], 1.0, "B")],
+    )
     t1 = Trajectory(uid=5, seed=1, task="t", steps=[_step([1], [7], [-0.4], -0.1, "A", invalid=True)])
     b = build_batch([t0, t1], pad_token_id=0)
     assert len(b) == 3

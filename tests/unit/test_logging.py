@@ -10,7 +10,10 @@ def test_resume_drops_records_past_the_checkpoint_and_torn_lines(tmp_path):
     w.write({"iter": 4, "x": 40})
     w.close()
     assert [json.loads(line) for line in path.read_text().splitlines()] == [
-        {"iter": 1, "x": 1}, {"iter": 2, "x": 2}, {"iter": 3, "x": 3}, {"iter": 4, "x": 40}
+        {"iter": 1, "x": 1},
+        {"iter": 2, "x": 2},
+        {"iter": 3, "x": 3},
+        {"iter": 4, "x": 40},
     ]
 
 

@@ -28,16 +28,21 @@ _MAX_LAYOUT_TRIES = 100_000
 class GridWorld:
     """Deterministic-by-seed grid navigation with relative-direction text observations."""
 
-    def __init__(self, size: int = 5, walls: int = 3, key: bool = False, max_steps: int = 12, distances: bool = True,
-                 walls_text: bool = True):
+    def __init__(
+        self,
+        size: int = 5,
+        walls: int = 3,
+        key: bool = False,
+        max_steps: int = 12,
+        distances: bool = True,
+        walls_text: bool = True,
+    ):
         if not 3 <= size <= 9:
             # Distances are single-digit words, which keeps the vocabulary (and the tokenizer) tiny.
             raise ValueError(f"gridworld size must be between 3 and 9, got {size}")
         if walls < 0 or walls > size * size // 3:
             # A dense grid makes solvable layouts rare and resampling slow; a third leaves room.
-            raise ValueError(
-                f"gridworld walls must be between 0 and {size * size // 3} for size {size}, got {walls}"
-            )
+            raise ValueError(f"gridworld walls must be between 0 and {size * size // 3} for size {size}, got {walls}")
         if max_steps < 1:
             raise ValueError(f"gridworld max_steps must be at least 1, got {max_steps}")
         self.size, self.n_walls, self.key_mode, self.max_steps = size, walls, bool(key), max_steps

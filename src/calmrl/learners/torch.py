@@ -30,7 +30,9 @@ class TorchLearner:
         self.cfg = learner_cfg
         self.device = next(model.parameters()).device
         self.optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad], lr=algo_cfg.lr, weight_decay=learner_cfg.weight_decay
+            [p for p in model.parameters() if p.requires_grad],
+            lr=algo_cfg.lr,
+            weight_decay=learner_cfg.weight_decay,
         )
         if algo_cfg.kl_coef > 0 and ref_model is None:
             raise ValueError("algo.kl_coef > 0 needs a reference model")
@@ -93,7 +95,11 @@ class TorchLearner:
             sums["clip_frac"] += float(clip_frac) * float(share)
             sums["entropy_proxy"] += float(-masked_mean(logp.detach(), mask)) * float(share)
 
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)) if finite else math.nan
+        grad_norm = (
+            float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm))
+            if finite
+            else math.nan
+        )
         if not finite or not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             return None

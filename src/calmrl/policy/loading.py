@@ -25,7 +25,9 @@ def load_policy(path: str | Path, dtype: str = "float32", trust_remote_code: boo
     if not (path / "config.json").is_file():
         raise PolicyLoadError(f"{path} is not a save_pretrained model directory (no config.json)")
     if not any(path.glob("*.safetensors")):
-        raise PolicyLoadError(f"{path} holds no *.safetensors weights; calmrl loads safetensors only (re-save with save_pretrained)")
+        raise PolicyLoadError(
+            f"{path} holds no *.safetensors weights; calmrl loads safetensors only (re-save with save_pretrained)"
+        )
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:

@@ -34,7 +34,9 @@ class PromptTemplate:
     def build(self, task: str, history: list[tuple[str, str]], obs: Observation) -> str:
         """history: (observation text, action text) pairs of earlier steps, oldest first."""
         recent = history[-self.history_len :] if self.history_len else []
-        prompt = self._plain(task, recent, obs) if self.format == "plain" else self._tagged(task, recent, obs, len(history))
+        prompt = (
+            self._plain(task, recent, obs) if self.format == "plain" else self._tagged(task, recent, obs, len(history))
+        )
         if self.chat:
             prompt = self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True

@@ -44,8 +44,14 @@ def build_tokenizer(words: list[str]):
     bpe.train_from_iterator(words + [" " + " ".join(words)], trainer=trainer)
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    return Qwen2Tokenizer(vocab=model["vocab"], merges=merges, unk_token=EOS_TOKEN, eos_token=EOS_TOKEN,
-                          pad_token=PAD_TOKEN, padding_side="left")
+    return Qwen2Tokenizer(
+        vocab=model["vocab"],
+        merges=merges,
+        unk_token=EOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        padding_side="left",
+    )
 
 
 def build_tiny_policy(out_dir: str | Path, words: list[str], cfg) -> Path:
@@ -59,7 +65,17 @@ def build_tiny_policy(out_dir: str | Path, words: list[str], cfg) -> Path:
     out_dir = Path(out_dir)
     spec = {
         "words": sorted(set(words)),
-        **{k: int(cfg[k]) for k in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "init_seed")},
+        **{
+            k: int(cfg[k])
+            for k in (
+                "hidden_size",
+                "intermediate_size",
+                "num_layers",
+                "num_heads",
+                "num_kv_heads",
+                "init_seed",
+            )
+        },
     }
     spec_file = out_dir / "calmrl_tiny_spec.json"
     if spec_file.is_file() and json.loads(spec_file.read_text()) == spec:

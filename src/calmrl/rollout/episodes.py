@@ -85,7 +85,12 @@ def run_episodes(
                     log.warning("env %d (seed %d) failed at step %d: %r", i, seeds[i], len(trajs[i].steps), exc)
                     done, info = True, {"error": trajs[i].error}
                 else:
-                    obs[i], reward, done, info = result.observation, float(result.reward), result.done, dict(result.info)
+                    obs[i], reward, done, info = (
+                        result.observation,
+                        float(result.reward),
+                        result.done,
+                        dict(result.info),
+                    )
                 timings["env"] += time.perf_counter() - t_env
             invalid = action is None or bool(info.get("invalid", False))
             if invalid:

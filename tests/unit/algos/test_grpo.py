@@ -12,8 +12,8 @@ from calmrl.data import Step, Trajectory, build_batch
 def reference_grpo(returns, uid, norm="std", eps=1e-6):
     """Plain-loop GRPO, written independently of the vectorized code."""
     out = []
-    for r, u in zip(returns, uid):
-        members = [x for x, v in zip(returns, uid) if v == u]
+    for r, u in zip(returns, uid, strict=True):
+        members = [x for x, v in zip(returns, uid, strict=True) if v == u]
         if len(members) == 1:
             out.append(0.0)
             continue
@@ -60,8 +60,15 @@ def test_permutation_equivariant():
 
 def _traj(uid, rewards, prompt_len=2, response_len=1):
     steps = [
-        Step(prompt_ids=[1] * prompt_len, response_ids=[2] * response_len, logprobs=[-0.5] * response_len,
-             response_text="x", action="x", reward=r, anchor=f"s{k}")
+        Step(
+            prompt_ids=[1] * prompt_len,
+            response_ids=[2] * response_len,
+            logprobs=[-0.5] * response_len,
+            response_text="x",
+            action="x",
+            reward=r,
+            anchor=f"s{k}",
+        )
         for k, r in enumerate(rewards)
     ]
     return Trajectory(uid=uid, seed=uid, task="t", steps=steps)

@@ -1,6 +1,12 @@
 import torch
 
-from calmrl.algos.segments import first_row_of_each, group_index, normalize_in_groups, segment_mean_std, to_tokens
+from calmrl.algos.segments import (
+    first_row_of_each,
+    group_index,
+    normalize_in_groups,
+    segment_mean_std,
+    to_tokens,
+)
 
 
 def test_group_index_on_pairs():

@@ -265,9 +265,7 @@ def test_sigkill_during_save(tmp_path):
             p.send_signal(signal.SIGKILL)
         for p, d in zip(procs, dirs, strict=True):
             p.wait(timeout=30)
-            saved = [
-                int(line.split()[1]) for line in p.stdout.read().splitlines() if line.startswith("saved")
-            ]
+            saved = [int(line.split()[1]) for line in p.stdout.read().splitlines() if line.startswith("saved")]
             p.stdout.close()
             ckpt = CheckpointManager(d).latest()
             if not saved:

@@ -11,7 +11,14 @@ LEARNER = OmegaConf.create({"micro_batch_size": 2, "max_grad_norm": 1.0, "weight
 
 
 def algo_cfg(**kw):
-    base = {"lr": 1e-2, "loss": "ppo_clip", "clip_ratio": 0.2, "kl_coef": 0.0, "ppo_epochs": 1, "minibatch_size": 64}
+    base = {
+        "lr": 1e-2,
+        "loss": "ppo_clip",
+        "clip_ratio": 0.2,
+        "kl_coef": 0.0,
+        "ppo_epochs": 1,
+        "minibatch_size": 64,
+    }
     return OmegaConf.create({**base, **kw})
 
 
@@ -23,7 +30,7 @@ def one_step_batch(model, tok, responses, advantages):
         rid = tok(" " + word, add_special_tokens=False)["input_ids"]
         ids = torch.tensor([prompt + rid])
         with torch.no_grad():
-            lp = token_logprobs(model, ids, torch.ones_like(ids))[0, len(prompt):].tolist()
+            lp = token_logprobs(model, ids, torch.ones_like(ids))[0, len(prompt) :].tolist()
         trajs.append(Trajectory(uid=0, seed=0, task="t", steps=[Step(prompt, rid, lp, word, word, 0.0, f"s{i}")]))
     batch = build_batch(trajs, tok.pad_token_id)
     batch.advantages = batch.response_mask * torch.tensor(advantages).unsqueeze(1)

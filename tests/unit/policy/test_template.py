@@ -8,8 +8,10 @@ def test_plain_prompt_has_task_history_and_actions():
     t = PromptTemplate("plain", history_len=1)
     history = [("goal 2 north .", "south"), ("goal 3 north .", "north")]
     p = t.build("reach the goal .", history, OBS)
-    assert p == ("task : reach the goal . history : goal 3 north . -> north now : goal 1 north . wall none . "
-                 "actions : north south action :")
+    assert p == (
+        "task : reach the goal . history : goal 3 north . -> north now : goal 1 north . wall none . "
+        "actions : north south action :"
+    )
 
 
 def test_plain_prompt_without_history():

@@ -6,7 +6,16 @@ from omegaconf import OmegaConf
 from calmrl.policy import build_tiny_policy, load_policy
 from calmrl.policy.loading import PolicyLoadError
 
-CFG = OmegaConf.create({"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "init_seed": 3})
+CFG = OmegaConf.create(
+    {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_layers": 1,
+        "num_heads": 2,
+        "num_kv_heads": 1,
+        "init_seed": 3,
+    }
+)
 
 
 def test_tiny_policy_round_trips_through_save_pretrained(tmp_path):
@@ -30,7 +39,7 @@ def test_same_spec_is_reused_and_init_seed_fixes_weights(tmp_path):
     b = build_tiny_policy(tmp_path / "b", ["x", "y"], CFG)
     ma, _ = load_policy(a)
     mb, _ = load_policy(b)
-    for pa, pb in zip(ma.parameters(), mb.parameters()):
+    for pa, pb in zip(ma.parameters(), mb.parameters(), strict=True):
         assert torch.equal(pa, pb)
     spec = json.loads((a / "calmrl_tiny_spec.json").read_text())
     assert spec["init_seed"] == 3

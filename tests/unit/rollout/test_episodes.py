@@ -31,8 +31,15 @@ def test_expert_episodes_succeed_and_record_steps():
     # active together, so play one env per call
     for seed in range(4):
         env = envs[seed]
-        trajs = run_episodes([env], [seed], [0], PromptTemplate("plain", 1), lambda p, e=env: [Generation([1], [2], [-0.1], e.expert_action())],
-                             invalid_penalty=0.1, max_steps=30)
+        trajs = run_episodes(
+            [env],
+            [seed],
+            [0],
+            PromptTemplate("plain", 1),
+            lambda p, e=env: [Generation([1], [2], [-0.1], e.expert_action())],
+            invalid_penalty=0.1,
+            max_steps=30,
+        )
         t = trajs[0]
         assert t.success and t.error is None
         assert t.episode_return == 1.0
@@ -42,7 +49,15 @@ def test_expert_episodes_succeed_and_record_steps():
 
 def test_invalid_output_penalised_and_state_kept():
     envs = [GridWorld()]
-    trajs = run_episodes(envs, [0], [7], PromptTemplate("plain"), scripted(lambda p: "fly away"), invalid_penalty=0.25, max_steps=3)
+    trajs = run_episodes(
+        envs,
+        [0],
+        [7],
+        PromptTemplate("plain"),
+        scripted(lambda p: "fly away"),
+        invalid_penalty=0.25,
+        max_steps=3,
+    )
     t = trajs[0]
     assert t.uid == 7 and len(t.steps) == 3 and not t.success
     assert all(s.invalid and s.reward == -0.25 and s.action is None for s in t.steps)
@@ -72,7 +87,9 @@ class Crashy:
 
 def test_crashing_envs_end_only_their_trajectory():
     envs = [Crashy("reset"), Crashy(2), Crashy(None)]
-    trajs = run_episodes(envs, [0, 1, 2], [0, 0, 0], PromptTemplate("plain"), scripted(lambda p: "go"), 0.1, max_steps=4)
+    trajs = run_episodes(
+        envs, [0, 1, 2], [0, 0, 0], PromptTemplate("plain"), scripted(lambda p: "go"), 0.1, max_steps=4
+    )
     assert "reset failed" in trajs[0].error and trajs[0].steps == []
     assert "step failed" in trajs[1].error and len(trajs[1].steps) == 2 and trajs[1].steps[-1].info["error"]
     assert trajs[2].error is None and len(trajs[2].steps) == 4

@@ -16,7 +16,7 @@ def test_sampling_logprobs_match_a_forward_pass(tiny_policy):
         if tok.eos_token_id in o.response_ids:
             assert o.response_ids.index(tok.eos_token_id) == len(o.response_ids) - 1
         ids = torch.tensor([o.prompt_ids + o.response_ids])
-        lp = token_logprobs(model, ids, torch.ones_like(ids))[0, len(o.prompt_ids):]
+        lp = token_logprobs(model, ids, torch.ones_like(ids))[0, len(o.prompt_ids) :]
         assert torch.allclose(lp, torch.tensor(o.logprobs), atol=1e-4)
 
 
