@@ -32,8 +32,10 @@ lint: install  ## ruff check + format check
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-bench: install  ## print where an iteration of the default run spends its time
-	$(BIN)/python benchmarks/iteration_breakdown.py $(ARGS)
+bench: install  ## run the benchmarks: iteration time breakdown, GiGPO speed, GiGPO vs GRPO (slow)
+	$(BIN)/python benchmarks/iteration_breakdown.py
+	$(BIN)/python benchmarks/gigpo_speed.py
+	$(BIN)/python benchmarks/gigpo_vs_grpo.py
 
 clean:  ## remove the virtualenv, caches and run outputs
 	rm -rf $(VENV) .pytest_cache .ruff_cache runs outputs multirun

@@ -29,6 +29,20 @@ class Loss(StrEnum):
     reinforce = "reinforce"
 
 
+class Anchor(StrEnum):
+    exact = "exact"  # identical anchor strings form a step group
+    similarity = "similarity"  # anchors with text similarity >= threshold are clustered (greedy)
+
+
+class EpisodeStats(StrEnum):
+    trajectory = "trajectory"  # one member per trajectory in the episode-level group statistics
+    step_rows = "step_rows"  # one member per step row (the reference code's weighting)
+
+
+class Critic(StrEnum):
+    separate = "separate"  # a separate critic: the policy's trunk (a copy) with a scalar value head
+
+
 class PromptFormat(StrEnum):
     plain = "plain"  # the first line of the response is the action
     tagged = "tagged"  # <think>...</think><action>...</action>
@@ -122,6 +136,40 @@ class GRPOConfig(AlgoConfig):
     eps: float = 1e-6
 
 
+@dataclass
+class RLOOConfig(AlgoConfig):
+    pass
+
+
+@dataclass
+class ReinforcePPConfig(AlgoConfig):
+    kl_beta: float = 0.01  # weight of the per-token KL penalty folded into the reward
+    gamma: float = 1.0
+    eps: float = 1e-6
+
+
+@dataclass
+class PPOConfig(AlgoConfig):
+    gamma: float = 1.0
+    lam: float = 0.95
+    critic: Critic = Critic.separate
+    critic_path: str | None = None  # checkpoint whose trunk initialises the critic (default: the policy's)
+    critic_lr: float = 1e-5
+    value_clip: float = 0.2  # clip of the value update around the rollout-time value
+    critic_warmup_iters: int = 0  # iterations that train only the critic
+
+
+@dataclass
+class GiGPOConfig(AlgoConfig):
+    anchor: Anchor = Anchor.exact
+    similarity_threshold: float = 0.9
+    norm_adv: Norm = Norm.std
+    episode_stats: EpisodeStats = EpisodeStats.trajectory
+    omega: float = 1.0  # weight of the step-level advantage
+    gamma: float = 0.95  # discount of the step-level returns
+    eps: float = 1e-6
+
+
 # ---------------------------------------------------------------- rollout / learner / cluster / logger
 @dataclass
 class RolloutConfig:
@@ -188,7 +236,14 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "env": {"base": EnvConfig, "gridworld": GridWorldConfig},
     "policy": {"base": PolicyConfig, "tiny": TinyPolicyConfig},
     "shaper": {"base": ShaperConfig},
-    "algo": {"base": AlgoConfig, "grpo": GRPOConfig},
+    "algo": {
+        "base": AlgoConfig,
+        "grpo": GRPOConfig,
+        "rloo": RLOOConfig,
+        "reinforce_pp": ReinforcePPConfig,
+        "ppo": PPOConfig,
+        "gigpo": GiGPOConfig,
+    },
     "rollout": {"base": RolloutConfig},
     "learner": {"base": LearnerConfig},
     "cluster": {"base": ClusterConfig},
@@ -208,6 +263,28 @@ def register_schemas() -> None:
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def _validate_algo_extras(algo: DictConfig) -> None:
+    """Ranges of the fields only some algorithms have."""
+    for key in ("gamma", "lam"):
+        if key in algo:
+            _require(0.0 <= algo[key] <= 1.0, f"algo.{key} must be in [0, 1], got {algo[key]}")
+    for key in ("omega", "kl_beta", "critic_warmup_iters"):
+        if key in algo:
+            _require(algo[key] >= 0, f"algo.{key} must be >= 0, got {algo[key]}")
+    for key in ("critic_lr", "value_clip"):
+        if key in algo:
+            _require(algo[key] > 0, f"algo.{key} must be > 0, got {algo[key]}")
+    if "similarity_threshold" in algo:
+        t = algo.similarity_threshold
+        _require(0.0 < t <= 1.0, f"algo.similarity_threshold must be in (0, 1], got {t}")
+    if algo.get("critic_path"):
+        from pathlib import Path
+
+        _require(
+            Path(algo.critic_path).expanduser().is_dir(), f"algo.critic_path={algo.critic_path} is not a directory"
+        )
 
 
 def validate(cfg: DictConfig) -> None:
@@ -230,6 +307,7 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.algo.kl_coef >= 0, f"algo.kl_coef must be >= 0, got {cfg.algo.kl_coef}")
     _require(cfg.algo.ppo_epochs >= 1, f"algo.ppo_epochs must be >= 1, got {cfg.algo.ppo_epochs}")
     _require(cfg.algo.minibatch_size >= 1, f"algo.minibatch_size must be >= 1, got {cfg.algo.minibatch_size}")
+    _validate_algo_extras(cfg.algo)
     _require(
         cfg.rollout.group_size >= 2,
         f"rollout.group_size must be >= 2 for group baselines, got {cfg.rollout.group_size}",

@@ -60,6 +60,8 @@ class Batch:
     episode_return: torch.Tensor  # [N] float, return of the row's trajectory (same for all its steps)
     anchor_text: list[str] = field(default_factory=list)  # [N] raw anchors, for similarity grouping
     token_rewards: torch.Tensor | None = None  # [N, L] float, dense rewards from a shaper
+    ref_logprobs: torch.Tensor | None = None  # [N, L] float, reference-policy log-probs (algos that need them)
+    values: torch.Tensor | None = None  # [N, L] float, critic values at rollout time (critic methods)
     advantages: torch.Tensor | None = None  # [N, L] float, filled by the algo
     returns: torch.Tensor | None = None  # [N, L] float, for critic methods
 

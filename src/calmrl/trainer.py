@@ -28,9 +28,11 @@ from calmrl.config import ConfigError
 from calmrl.data import build_batch
 from calmrl.envs import make_env
 from calmrl.learners.checkpoint import CheckpointManager, restore_rng
+from calmrl.learners.critic import ValueModel
 from calmrl.learners.torch import TorchLearner
 from calmrl.logging import MetricsLogger
 from calmrl.policy import PromptTemplate, build_tiny_policy, load_policy
+from calmrl.policy.loading import DTYPES
 from calmrl.rollout import HFGenerator, run_episodes
 from calmrl.shapers import SHAPERS
 
@@ -72,14 +74,21 @@ class Trainer:
         base_path = self._policy_path()
         load_path = self.resume_from.policy_dir if self.resume_from else base_path
         self.model, self.tokenizer = load_policy(load_path, cfg.policy.dtype, cfg.policy.trust_remote_code, self.device)
+        self.advantage_fn = ALGOS.get(cfg.algo.name)
+        needs = self.advantage_fn.requires
         ref_model = None
-        if cfg.algo.kl_coef > 0:
+        if cfg.algo.kl_coef > 0 or "ref_logprobs" in needs:
             ref_model, _ = load_policy(base_path, cfg.policy.dtype, cfg.policy.trust_remote_code, self.device)
             ref_model.eval().requires_grad_(False)
+        critic = None
+        if "values" in needs:
+            critic_path = Path(cfg.algo.critic_path).expanduser() if cfg.algo.get("critic_path") else base_path
+            critic = ValueModel.from_pretrained(critic_path, DTYPES[str(cfg.policy.dtype)]).to(self.device)
+            if self.resume_from is not None:
+                critic.load_state_dict(self.resume_from.extra_state_dict("critic"))
         self.template = PromptTemplate(tokenizer=self.tokenizer, **cfg.policy.template)
-        self.advantage_fn = ALGOS.get(cfg.algo.name)
         self.shape = SHAPERS.get(cfg.shaper.name)
-        self.learner = TorchLearner(self.model, cfg.algo, cfg.learner, ref_model=ref_model)
+        self.learner = TorchLearner(self.model, cfg.algo, cfg.learner, ref_model=ref_model, critic=critic)
         self.sample = HFGenerator(
             self.model,
             self.tokenizer,
@@ -103,7 +112,7 @@ class Trainer:
         if self.resume_from is not None:
             opt_state = self.resume_from.optimizer_state()
             if opt_state is not None:
-                self.learner.optimizer.load_state_dict(opt_state)
+                self.learner.load_optimizer_state(opt_state)
             restore_rng(self.resume_from.rng_state)
             self.start_iter = self.resume_from.step
             self.state = dict(self.resume_from.trainer_state)
@@ -171,9 +180,13 @@ class Trainer:
         used = [t for t in trajs if t.error is None] if cfg.trainer.drop_env_errors else trajs
         t1 = time.perf_counter()
         batch = self.shape(build_batch(used, self.tokenizer.pad_token_id), cfg.shaper)
+        if "ref_logprobs" in self.advantage_fn.requires:
+            batch.ref_logprobs = self.learner.reference_logprobs(batch)
+        if "values" in self.advantage_fn.requires:
+            batch.values = self.learner.critic_values(batch)
         batch.advantages = self.advantage_fn(batch, cfg.algo)
         t2 = time.perf_counter()
-        update = self.learner.update(batch)
+        update = self.learner.update(batch, train_policy=it > cfg.algo.get("critic_warmup_iters", 0))
         t3 = time.perf_counter()
 
         adv_rows = batch.advantages.sum(1) / batch.response_mask.sum(1).clamp(min=1)
@@ -234,12 +247,14 @@ class Trainer:
                     t_ckpt = time.perf_counter()
                     if last_eval is not None:
                         self.state["last_eval"] = vars(last_eval)
+                    critic = self.learner.critic
                     self.checkpoints.save(
                         it,
                         self.model,
                         self.tokenizer,
-                        self.learner.optimizer.state_dict(),
+                        self.learner.optimizer_state(),
                         trainer_state=self.state,
+                        extra={"critic": critic.state_dict()} if critic is not None else None,
                     )
                     metrics["perf/checkpoint_s"] = time.perf_counter() - t_ckpt
                 metrics["perf/iter_s"] = time.perf_counter() - t_start

@@ -107,3 +107,16 @@ def test_resume_never_refuses_to_overwrite(workdir):
     proc = calmrl(*args, "resume=never", cwd=workdir, check=False)
     assert proc.returncode == 2 and "already holds checkpoints" in proc.stderr
     assert (workdir / "runs" / "keep" / "checkpoints" / "step_00000001").is_dir()
+
+
+def test_every_credit_algo_trains_in_one_sweep(workdir):
+    """`calmrl train -m algo=grpo,rloo,reinforce_pp,ppo,gigpo` is one valid sweep on the default env."""
+    algos = ["grpo", "rloo", "reinforce_pp", "ppo", "gigpo"]
+    calmrl("train", "-m", f"algo={','.join(algos)}", "trainer.total_iters=2", *FAST, cwd=workdir)
+    (sweep,) = list((workdir / "runs" / "multirun").iterdir())
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == [f"{i}-gridworld-{a}-seed0" for i, a in enumerate(algos)]
+    for job in jobs:
+        last = _records(sweep / job / "metrics.jsonl")[-1]
+        assert last["iter"] == 2 and last["loss/skipped_steps"] == 0
+    assert "critic/value_loss" in _records(sweep / "3-gridworld-ppo-seed0" / "metrics.jsonl")[-1]

@@ -4,7 +4,7 @@
 (e.g. `grpo_advantages`) are public API, usable without the trainer.
 """
 
-from calmrl.algos import grpo  # noqa: E402,F401  (registers "grpo")
+from calmrl.algos import gigpo, grpo, ppo, reinforce_pp, rloo  # noqa: E402,F401  (register the algos by name)
 from calmrl.algos.registry import ALGOS, register
 
 __all__ = ["ALGOS", "register"]

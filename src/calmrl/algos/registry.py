@@ -10,4 +10,19 @@ from calmrl.registry import Registry
 AdvantageFn = Callable[..., torch.Tensor]
 
 ALGOS: Registry[AdvantageFn] = Registry("algo")
-register = ALGOS.register
+
+#: batch fields an advantage function may ask the trainer to fill before calling it
+REQUIREMENTS = frozenset({"ref_logprobs", "values"})
+
+
+def register(name: str, requires: tuple[str, ...] = ()):
+    """Register `fn` as `algo=<name>`; `requires` names extra batch fields it reads (see REQUIREMENTS)."""
+    unknown = set(requires) - REQUIREMENTS
+    if unknown:
+        raise ValueError(f"unknown requirements {sorted(unknown)}; known: {sorted(REQUIREMENTS)}")
+
+    def add(fn: AdvantageFn) -> AdvantageFn:
+        fn.requires = frozenset(requires)
+        return ALGOS.register(name)(fn)
+
+    return add

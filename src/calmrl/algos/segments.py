@@ -12,11 +12,26 @@ import torch
 def group_index(*keys: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Dense group ids for rows that share every key.
 
-    keys: each [N] int64. Returns (ids [N] int64 in 0..G-1, G).
+    keys: each [N] int64 (any values). Returns (ids [N] int64 in 0..G-1, G), ids ordered like the sorted keys.
+    The keys are packed into one int64 by mixed radix so a 1-D `torch.unique` does the grouping: a
+    multi-column `unique(dim=0)` is two orders of magnitude slower on CPU.
     """
-    stacked = torch.stack([k.long() for k in keys], dim=1)  # [N, K]
-    _, ids = torch.unique(stacked, dim=0, return_inverse=True)
-    return ids, int(ids.max()) + 1 if ids.numel() else 0
+    packed, span = None, 1
+    for key in keys:
+        key = key.long()
+        if key.numel() == 0:
+            return key, 0
+        low = key.min()
+        width = int(key.max() - low) + 1
+        if packed is None:
+            packed, span = key - low, width
+            continue
+        if span * width >= 2**62:  # the packed key would overflow: densify what is packed so far
+            _, packed = torch.unique(packed, return_inverse=True)
+            span = int(packed.max()) + 1
+        packed, span = packed * width + (key - low), span * width
+    _, ids = torch.unique(packed, return_inverse=True)
+    return ids, int(ids.max()) + 1
 
 
 def segment_mean_std(values: torch.Tensor, ids: torch.Tensor, num_groups: int):
@@ -38,15 +53,21 @@ def normalize_in_groups(values: torch.Tensor, ids: torch.Tensor, norm: str = "st
 
     values: [N] float, ids: [N] int64 (any integers; made dense here). Returns [N].
     """
+    if norm not in ("std", "mean"):
+        raise ValueError(f"norm must be 'std' or 'mean', got {norm!r}")
     if values.numel() == 0:
         return values.float()
     dense, num = group_index(ids)
-    mean, std, count = segment_mean_std(values, dense, num)
-    centered = values.float() - mean[dense]
+    # Shift each group by its first member first: mathematically a no-op, but a group of equal values then
+    # gives exactly 0 instead of float32 rounding residue of the mean (~1e-8) blown up by 1 / (std + eps).
+    rep = torch.full((num,), values.numel(), dtype=torch.long).scatter_reduce_(
+        0, dense, torch.arange(values.numel()), reduce="amin"
+    )
+    shifted = values.float() - values.float()[rep][dense]
+    mean, std, count = segment_mean_std(shifted, dense, num)
+    centered = shifted - mean[dense]
     if norm == "std":
-        centered = centered / (std[dense] + eps)
-    elif norm != "mean":
-        raise ValueError(f"norm must be 'std' or 'mean', got {norm!r}")
+        centered = torch.where(centered == 0, centered, centered / (std[dense] + eps))  # 0/0 when eps = 0
     return torch.where(count[dense] > 1, centered, torch.zeros_like(centered))
 
 
@@ -63,3 +84,26 @@ def first_row_of_each(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def to_tokens(row_values: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """Broadcast one value per row to every response token: [N] x [N, L] -> [N, L]."""
     return row_values.unsqueeze(1).to(response_mask.dtype) * response_mask
+
+
+def discounted_reverse_cumsum(
+    values: torch.Tensor, segment: torch.Tensor, position: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """out_i = sum over rows k of i's segment with position_k >= position_i of gamma^(position_k - position_i) * values_k.
+
+    values: [N] float; segment: [N] int64 (e.g. trajectory ids, any integers); position: [N] int64, the
+    row's index inside its segment (0..len-1, each at most once). Rows may come in any order.
+    Returns [N]. The scan is a loop over positions (time), vectorized over all segments at once;
+    GAE is this with values = TD errors and gamma = gamma * lambda.
+    """
+    if values.numel() == 0:
+        return values.float()
+    dense, num = group_index(segment)
+    length = int(position.max()) + 1
+    grid = torch.zeros(num, length, dtype=torch.float32)
+    grid[dense, position] = values.float()
+    acc = torch.zeros(num, dtype=torch.float32)
+    for t in range(length - 1, -1, -1):
+        acc = grid[:, t] + gamma * acc
+        grid[:, t] = acc
+    return grid[dense, position]

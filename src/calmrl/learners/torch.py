@@ -1,18 +1,21 @@
-"""Single-process torch learner: token-level PPO-clip / REINFORCE with an optional KL penalty.
+"""Single-process torch learner: token-level PPO-clip / REINFORCE with an optional KL penalty, and the
+critic's clipped value regression for critic methods (PPO).
 
 One `update(batch)` is `algo.ppo_epochs` passes over the batch in shuffled minibatches of
-`algo.minibatch_size` rows; each minibatch is one optimizer step, accumulated over micro-batches of
-`learner.micro_batch_size` rows. A step whose loss or gradient norm is not finite is skipped (and
-counted in `loss/skipped_steps`) so one bad batch cannot poison the weights.
+`algo.minibatch_size` rows; each minibatch is one optimizer step (policy, then critic), accumulated over
+micro-batches of `learner.micro_batch_size` rows. A step whose loss or gradient norm is not finite is
+skipped (and counted in `loss/skipped_steps`) so one bad batch cannot poison the weights.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 
 import torch
 
 from calmrl.algos.losses import kl_low_var, masked_mean, ppo_clip_loss, reinforce_loss
+from calmrl.learners.critic import clipped_value_loss
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -23,58 +26,98 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor)
 
 
 class TorchLearner:
-    def __init__(self, model, algo_cfg, learner_cfg, ref_model=None):
+    def __init__(self, model, algo_cfg, learner_cfg, ref_model=None, critic=None):
         self.model = model
         self.ref_model = ref_model
+        self.critic = critic
         self.algo = algo_cfg
         self.cfg = learner_cfg
         self.device = next(model.parameters()).device
         self.optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad],
-            lr=algo_cfg.lr,
-            weight_decay=learner_cfg.weight_decay,
+            [p for p in model.parameters() if p.requires_grad], lr=algo_cfg.lr, weight_decay=learner_cfg.weight_decay
         )
+        self.critic_optimizer = None
+        if critic is not None:
+            self.critic_optimizer = torch.optim.AdamW(
+                critic.parameters(), lr=algo_cfg.critic_lr, weight_decay=learner_cfg.weight_decay
+            )
         if algo_cfg.kl_coef > 0 and ref_model is None:
             raise ValueError("algo.kl_coef > 0 needs a reference model")
 
-    def update(self, batch, generator: torch.Generator | None = None) -> dict[str, float]:
-        if batch.advantages is None:
-            raise ValueError("batch.advantages is empty: run the algo's advantage function first")
-        self.model.train()
-        n = len(batch)
-        totals: dict[str, float] = {}
-        steps = skipped = 0
-        for _ in range(self.algo.ppo_epochs):
-            order = torch.randperm(n, generator=generator)
-            for start in range(0, n, self.algo.minibatch_size):
-                metrics = self._optimizer_step(batch.select(order[start : start + self.algo.minibatch_size]))
-                if metrics is None:
-                    skipped += 1
-                    continue
-                steps += 1
-                for k, v in metrics.items():
-                    totals[k] = totals.get(k, 0.0) + v
-        out = {k: v / max(steps, 1) for k, v in totals.items()}
-        out["loss/skipped_steps"] = float(skipped)
-        out["loss/optimizer_steps"] = float(steps)
+    # ------------------------------------------------------------------ no-grad passes for the algo
+    def reference_logprobs(self, batch) -> torch.Tensor:
+        """Reference-policy log-probs of the batch's tokens: [N, L], zero outside the response mask."""
+        if self.ref_model is None:
+            raise ValueError("no reference model was loaded")
+        return self._per_token(lambda ids, attn: token_logprobs(self.ref_model, ids, attn), batch)
+
+    def critic_values(self, batch) -> torch.Tensor:
+        """Critic values at every response token: [N, L], zero outside the response mask."""
+        if self.critic is None:
+            raise ValueError("no critic was built")
+        self.critic.eval()
+        return self._per_token(self.critic, batch)
+
+    @torch.no_grad()
+    def _per_token(self, fn: Callable, batch) -> torch.Tensor:
+        out = torch.zeros_like(batch.response_mask)
+        for rows, ids, attn, mask in self._micro_batches(batch):
+            out[rows, : ids.shape[1]] = fn(ids, attn).float().cpu() * mask.cpu()
         return out
 
-    def _optimizer_step(self, mb) -> dict[str, float] | None:
+    def _micro_batches(self, batch) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(row index, input_ids, attention_mask, response_mask) per micro-batch, all-padding columns dropped."""
+        for start in range(0, len(batch), self.cfg.micro_batch_size):
+            rows = torch.arange(start, min(start + self.cfg.micro_batch_size, len(batch)))
+            width = int(batch.attention_mask[rows].sum(dim=1).max())
+            yield (
+                rows,
+                batch.input_ids[rows, :width].to(self.device),
+                batch.attention_mask[rows, :width].to(self.device),
+                batch.response_mask[rows, :width].to(self.device),
+            )
+
+    # ------------------------------------------------------------------ training
+    def update(self, batch, train_policy: bool = True, generator: torch.Generator | None = None) -> dict[str, float]:
+        """Train on the batch; `train_policy=False` trains only the critic (critic warm-up)."""
+        if train_policy and batch.advantages is None:
+            raise ValueError("batch.advantages is empty: run the algo's advantage function first")
+        if self.critic is not None and (batch.returns is None or batch.values is None):
+            raise ValueError("critic training needs batch.values and batch.returns (filled by the algo)")
+        self.model.train()
+        totals: dict[str, float] = {}
+        counts = {"policy": 0, "critic": 0}
+        skipped = 0
+        for _ in range(self.algo.ppo_epochs):
+            order = torch.randperm(len(batch), generator=generator)
+            for start in range(0, len(batch), self.algo.minibatch_size):
+                mb = batch.select(order[start : start + self.algo.minibatch_size])
+                steps = [("policy", self._policy_step)] if train_policy else []
+                if self.critic is not None:
+                    steps.append(("critic", self._critic_step))
+                for name, step in steps:
+                    metrics = step(mb)
+                    if metrics is None:
+                        skipped += 1
+                        continue
+                    counts[name] += 1
+                    for k, v in metrics.items():
+                        totals[k] = totals.get(k, 0.0) + v
+        out = {k: v / max(counts["critic" if k.startswith("critic/") else "policy"], 1) for k, v in totals.items()}
+        out["loss/skipped_steps"] = float(skipped)
+        out["loss/optimizer_steps"] = float(counts["policy"])
+        return out
+
+    def _policy_step(self, mb) -> dict[str, float] | None:
         self.optimizer.zero_grad(set_to_none=True)
         num_tokens = mb.response_mask.sum().clamp(min=1.0)
-        sums = {"pg": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy_proxy": 0.0}
-        finite = True
-        for start in range(0, len(mb), self.cfg.micro_batch_size):
-            micro = mb.select(torch.arange(start, min(start + self.cfg.micro_batch_size, len(mb))))
-            width = int(micro.attention_mask.sum(dim=1).max())  # drop all-padding columns
-            ids = micro.input_ids[:, :width].to(self.device)
-            attn = micro.attention_mask[:, :width].to(self.device)
-            mask = micro.response_mask[:, :width].to(self.device)
-            adv = micro.advantages[:, :width].to(self.device)
-            old = micro.old_logprobs[:, :width].to(self.device)
+        sums = {"loss/policy": 0.0, "loss/kl": 0.0, "loss/clip_frac": 0.0, "loss/neg_logprob": 0.0}
+        for rows, ids, attn, mask in self._micro_batches(mb):
+            width = ids.shape[1]
+            adv = mb.advantages[rows, :width].to(self.device)
+            old = mb.old_logprobs[rows, :width].to(self.device)
             logp = token_logprobs(self.model, ids, attn)
-
-            # Each micro-batch's share of the minibatch's token mean, so the sum is the full token mean.
+            # each micro-batch's share of the minibatch's token mean, so the shares add up to the full mean
             share = mask.sum() / num_tokens
             if str(self.algo.loss) == "reinforce":
                 pg, clip_frac = reinforce_loss(logp, adv, mask), torch.zeros(())
@@ -86,28 +129,57 @@ class TorchLearner:
                     ref = token_logprobs(self.ref_model, ids, attn)
                 kl = masked_mean(kl_low_var(logp, ref), mask)
                 loss = loss + self.algo.kl_coef * kl
-                sums["kl"] += float(kl.detach()) * float(share)
+                sums["loss/kl"] += float(kl.detach()) * float(share)
             if not torch.isfinite(loss):
-                finite = False
-                break
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
             (loss * share).backward()
-            sums["pg"] += float(pg.detach()) * float(share)
-            sums["clip_frac"] += float(clip_frac) * float(share)
-            sums["entropy_proxy"] += float(-masked_mean(logp.detach(), mask)) * float(share)
-
-        grad_norm = (
-            float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm))
-            if finite
-            else math.nan
-        )
-        if not finite or not math.isfinite(grad_norm):
-            self.optimizer.zero_grad(set_to_none=True)
+            sums["loss/policy"] += float(pg.detach()) * float(share)
+            sums["loss/clip_frac"] += float(clip_frac) * float(share)
+            sums["loss/neg_logprob"] += float(-masked_mean(logp.detach(), mask)) * float(share)
+        grad_norm = self._clip_and_step(self.model, self.optimizer)
+        if grad_norm is None:
             return None
-        self.optimizer.step()
-        return {
-            "loss/policy": sums["pg"],
-            "loss/kl": sums["kl"],
-            "loss/clip_frac": sums["clip_frac"],
-            "loss/neg_logprob": sums["entropy_proxy"],
-            "loss/grad_norm": grad_norm,
-        }
+        return {**sums, "loss/grad_norm": grad_norm}
+
+    def _critic_step(self, mb) -> dict[str, float] | None:
+        self.critic.train()
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        num_tokens = mb.response_mask.sum().clamp(min=1.0)
+        total = 0.0
+        for rows, ids, attn, mask in self._micro_batches(mb):
+            width = ids.shape[1]
+            values = self.critic(ids, attn)
+            old = mb.values[rows, :width].to(self.device)
+            target = mb.returns[rows, :width].to(self.device)
+            share = mask.sum() / num_tokens
+            loss = clipped_value_loss(values, old, target, mask, self.algo.value_clip)
+            if not torch.isfinite(loss):
+                self.critic_optimizer.zero_grad(set_to_none=True)
+                return None
+            (loss * share).backward()
+            total += float(loss.detach()) * float(share)
+        grad_norm = self._clip_and_step(self.critic, self.critic_optimizer)
+        if grad_norm is None:
+            return None
+        return {"critic/value_loss": total, "critic/grad_norm": grad_norm}
+
+    def _clip_and_step(self, module, optimizer) -> float | None:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(module.parameters(), self.cfg.max_grad_norm))
+        if not math.isfinite(grad_norm):
+            optimizer.zero_grad(set_to_none=True)
+            return None
+        optimizer.step()
+        return grad_norm
+
+    # ------------------------------------------------------------------ checkpoint state
+    def optimizer_state(self) -> dict:
+        state = {"policy": self.optimizer.state_dict()}
+        if self.critic_optimizer is not None:
+            state["critic"] = self.critic_optimizer.state_dict()
+        return state
+
+    def load_optimizer_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["policy"])
+        if self.critic_optimizer is not None and "critic" in state:
+            self.critic_optimizer.load_state_dict(state["critic"])
