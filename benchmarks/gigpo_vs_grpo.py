@@ -56,21 +56,40 @@ def run(algo: str, seed: int, iters: int, eval_every: int, overrides: list[str])
     return points
 
 
+def _worker_init(threads: int | None = 1) -> None:
+    import torch
+
+    from calmrl.cli import _quiet_libraries
+
+    if threads:
+        torch.set_num_threads(threads)
+    _quiet_libraries()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--iters", type=int, default=150)
     parser.add_argument("--eval-every", type=int, default=15)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (one torch thread each)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both algorithms")
     args = parser.parse_args()
 
-    from calmrl.cli import _quiet_libraries
+    tasks = [(algo, seed) for algo in ("grpo", "gigpo") for seed in args.seeds]
+    if args.jobs > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
 
-    _quiet_libraries()
-    results: dict[str, list[list[tuple[int, float]]]] = {}
-    for algo in ("grpo", "gigpo"):
-        results[algo] = [run(algo, s, args.iters, args.eval_every, args.overrides) for s in args.seeds]
+        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+            futures = [pool.submit(run, a, s, args.iters, args.eval_every, args.overrides) for a, s in tasks]
+            curves = [f.result() for f in futures]
+    else:
+        _worker_init(threads=None)
+        curves = [run(a, s, args.iters, args.eval_every, args.overrides) for a, s in tasks]
+    results: dict[str, list[list[tuple[int, float]]]] = {"grpo": [], "gigpo": []}
+    for (algo, _), curve in zip(tasks, curves, strict=True):
+        results[algo].append(curve)
 
     args.out.mkdir(parents=True, exist_ok=True)
     lines = [

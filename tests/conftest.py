@@ -36,3 +36,26 @@ def tiny_policy(tiny_policy_dir):
     from calmrl.policy import load_policy
 
     return load_policy(tiny_policy_dir)
+
+
+@pytest.fixture()
+def make_trajectory():
+    """Builder of a Trajectory with one step per reward: make_trajectory(uid, rewards, prompt_len, response_len, logprob)."""
+    from calmrl.data import Step, Trajectory
+
+    def make(uid, rewards, prompt_len=2, response_len=1, logprob=-0.5):
+        steps = [
+            Step(
+                prompt_ids=[1] * prompt_len,
+                response_ids=[2] * response_len,
+                logprobs=[logprob] * response_len,
+                response_text="x",
+                action="x",
+                reward=r,
+                anchor=f"s{k}",
+            )
+            for k, r in enumerate(rewards)
+        ]
+        return Trajectory(uid=uid, seed=uid, task="t", steps=steps)
+
+    return make

@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 
 from calmrl.algos import ALGOS
 from calmrl.algos.grpo import grpo_advantages
-from calmrl.data import Step, Trajectory, build_batch
+from calmrl.data import build_batch
 
 
 def reference_grpo(returns, uid, norm="std", eps=1e-6):
@@ -58,26 +58,15 @@ def test_permutation_equivariant():
     assert torch.allclose(grpo_advantages(returns, uid)[perm], grpo_advantages(returns[perm], uid[perm]))
 
 
-def _traj(uid, rewards, prompt_len=2, response_len=1):
-    steps = [
-        Step(
-            prompt_ids=[1] * prompt_len,
-            response_ids=[2] * response_len,
-            logprobs=[-0.5] * response_len,
-            response_text="x",
-            action="x",
-            reward=r,
-            anchor=f"s{k}",
-        )
-        for k, r in enumerate(rewards)
-    ]
-    return Trajectory(uid=uid, seed=uid, task="t", steps=steps)
-
-
-def test_registered_algo_weights_trajectories_not_steps():
+def test_registered_algo_weights_trajectories_not_steps(make_trajectory):
     # Group 0: a long failing trajectory (3 steps, return 0) and a short success (1 step, return 1).
     # Trajectory-level GRPO gives +-0.7071 regardless of lengths; step-row statistics would not.
-    trajs = [_traj(0, [0.0, 0.0, 0.0]), _traj(0, [1.0]), _traj(1, [0.5, 0.5]), _traj(1, [0.0, 0.0])]
+    trajs = [
+        make_trajectory(0, [0.0, 0.0, 0.0]),
+        make_trajectory(0, [1.0]),
+        make_trajectory(1, [0.5, 0.5]),
+        make_trajectory(1, [0.0, 0.0]),
+    ]
     batch = build_batch(trajs, pad_token_id=0)
     cfg = OmegaConf.create({"norm_adv": "std", "eps": 0.0})
     adv = ALGOS.get("grpo")(batch, cfg)
@@ -88,8 +77,8 @@ def test_registered_algo_weights_trajectories_not_steps():
     assert torch.all(adv[batch.response_mask == 0] == 0)  # prompt and padding carry no credit
 
 
-def test_every_response_token_of_a_step_carries_the_advantage():
-    trajs = [_traj(0, [1.0], response_len=3), _traj(0, [0.0], response_len=2)]
+def test_every_response_token_of_a_step_carries_the_advantage(make_trajectory):
+    trajs = [make_trajectory(0, [1.0], response_len=3), make_trajectory(0, [0.0], response_len=2)]
     batch = build_batch(trajs, pad_token_id=0)
     adv = ALGOS.get("grpo")(batch, OmegaConf.create({"norm_adv": "mean", "eps": 1e-6}))
     assert adv[0].tolist() == [0.0, 0.0, 0.5, 0.5, 0.5]

@@ -4,7 +4,7 @@ from omegaconf import OmegaConf
 
 from calmrl.algos import ALGOS
 from calmrl.algos.reinforce_pp import reinforce_pp_advantages, reinforce_pp_token_rewards
-from calmrl.data import Step, Trajectory, build_batch
+from calmrl.data import build_batch
 
 
 def reference_reinforce_pp(outcome, logprobs, ref_logprobs, mask, kl_beta, gamma, eps):
@@ -120,28 +120,16 @@ def test_matches_loop_reference(gamma):
     assert torch.allclose(adv, expected, atol=1e-5)
 
 
-def _traj(uid, rewards, prompt_len=2, response_len=1, logprob=-0.5):
-    steps = [
-        Step(
-            prompt_ids=[1] * prompt_len,
-            response_ids=[2] * response_len,
-            logprobs=[logprob] * response_len,
-            response_text="x",
-            action="x",
-            reward=r,
-            anchor=f"s{k}",
-        )
-        for k, r in enumerate(rewards)
-    ]
-    return Trajectory(uid=uid, seed=uid, task="t", steps=steps)
-
-
 def _cfg(**kw):
     return OmegaConf.create({"kl_beta": 0.01, "gamma": 1.0, "eps": 1e-6, **kw})
 
 
-def test_registered_kl_zero_and_equal_outcomes_give_zero():
-    trajs = [_traj(0, [0.5, 0.5], response_len=3), _traj(1, [1.0], response_len=2), _traj(0, [0.0, 1.0])]
+def test_registered_kl_zero_and_equal_outcomes_give_zero(make_trajectory):
+    trajs = [
+        make_trajectory(0, [0.5, 0.5], response_len=3),
+        make_trajectory(1, [1.0], response_len=2),
+        make_trajectory(0, [0.0, 1.0]),
+    ]
     batch = build_batch(trajs, pad_token_id=0)
     batch.ref_logprobs = batch.old_logprobs + torch.randn(batch.old_logprobs.shape) * batch.response_mask
     adv = ALGOS.get("reinforce_pp")(batch, _cfg(kl_beta=0.0))
@@ -149,10 +137,10 @@ def test_registered_kl_zero_and_equal_outcomes_give_zero():
     assert torch.allclose(adv, torch.zeros_like(adv), atol=1e-6)
 
 
-def test_registered_uses_episode_return_for_every_step_and_token_rewards():
+def test_registered_uses_episode_return_for_every_step_and_token_rewards(make_trajectory):
     # two 2-step trajectories (returns 1 and 0), one response token per step, no KL:
     # every step of a trajectory gets its trajectory's outcome -> returns (1, 1, 0, 0) -> whitened +-0.866
-    trajs = [_traj(0, [0.0, 1.0]), _traj(0, [0.0, 0.0])]
+    trajs = [make_trajectory(0, [0.0, 1.0]), make_trajectory(0, [0.0, 0.0])]
     batch = build_batch(trajs, pad_token_id=0)
     batch.ref_logprobs = batch.old_logprobs.clone()
     adv = ALGOS.get("reinforce_pp")(batch, _cfg(eps=0.0))
@@ -167,19 +155,19 @@ def test_registered_uses_episode_return_for_every_step_and_token_rewards():
     assert torch.allclose(adv.sum(1), torch.tensor([0.5, 0.5, 0.5, -1.5]), atol=1e-6)
 
 
-def test_registered_kl_in_reward():
+def test_registered_kl_in_reward(make_trajectory):
     # one trajectory, one step, response of 2 tokens: logprob - ref = (0.5, 0), beta = 1, outcome 0
     # rewards (-0.5, 0) -> returns (-0.5, 0) -> whitened (-0.7071, 0.7071)
-    batch = build_batch([_traj(0, [0.0], response_len=2)], pad_token_id=0)
+    batch = build_batch([make_trajectory(0, [0.0], response_len=2)], pad_token_id=0)
     batch.ref_logprobs = batch.old_logprobs.clone()
     batch.ref_logprobs[0, 2] -= 0.5
     adv = ALGOS.get("reinforce_pp")(batch, _cfg(kl_beta=1.0, eps=0.0))
     assert torch.allclose(adv[0], torch.tensor([0.0, 0.0, -0.70710678, 0.70710678]), atol=1e-6)
 
 
-def test_requires_ref_logprobs_and_missing_raises():
+def test_requires_ref_logprobs_and_missing_raises(make_trajectory):
     fn = ALGOS.get("reinforce_pp")
     assert "ref_logprobs" in fn.requires
-    batch = build_batch([_traj(0, [1.0]), _traj(0, [0.0])], pad_token_id=0)
+    batch = build_batch([make_trajectory(0, [1.0]), make_trajectory(0, [0.0])], pad_token_id=0)
     with pytest.raises(ValueError, match="reinforce_pp needs reference log-probs"):
         fn(batch, _cfg())

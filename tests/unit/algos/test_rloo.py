@@ -4,7 +4,7 @@ from omegaconf import OmegaConf
 
 from calmrl.algos import ALGOS
 from calmrl.algos.rloo import rloo_advantages
-from calmrl.data import Step, Trajectory, build_batch
+from calmrl.data import build_batch
 
 
 def reference_rloo(returns, uid):
@@ -62,32 +62,16 @@ def test_empty():
     assert rloo_advantages(torch.zeros(0), torch.zeros(0, dtype=torch.long)).shape == (0,)
 
 
-def _traj(uid, rewards, prompt_len=2, response_len=1):
-    steps = [
-        Step(
-            prompt_ids=[1] * prompt_len,
-            response_ids=[2] * response_len,
-            logprobs=[-0.5] * response_len,
-            response_text="x",
-            action="x",
-            reward=r,
-            anchor=f"s{k}",
-        )
-        for k, r in enumerate(rewards)
-    ]
-    return Trajectory(uid=uid, seed=uid, task="t", steps=steps)
-
-
-def test_registered_algo_weights_trajectories_not_steps():
+def test_registered_algo_weights_trajectories_not_steps(make_trajectory):
     # Group 0: a long failing trajectory (3 steps, return 0) and a short success (1 step, return 1):
     # trajectory-level RLOO gives +-1 regardless of lengths (step rows would give 1 - 0 = 1 and 0 - 1/3).
     # Group 1: returns 1, 0, 2 -> A = 1 - 1 = 0, 0 - 1.5 = -1.5, 2 - 0.5 = 1.5.
     trajs = [
-        _traj(0, [0.0, 0.0, 0.0]),
-        _traj(0, [1.0]),
-        _traj(1, [0.5, 0.5]),
-        _traj(1, [0.0, 0.0]),
-        _traj(1, [2.0], response_len=3),
+        make_trajectory(0, [0.0, 0.0, 0.0]),
+        make_trajectory(0, [1.0]),
+        make_trajectory(1, [0.5, 0.5]),
+        make_trajectory(1, [0.0, 0.0]),
+        make_trajectory(1, [2.0], response_len=3),
     ]
     batch = build_batch(trajs, pad_token_id=0)
     adv = ALGOS.get("rloo")(batch, OmegaConf.create({}))
