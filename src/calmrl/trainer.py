@@ -85,7 +85,12 @@ class Trainer:
             critic_path = Path(cfg.algo.critic_path).expanduser() if cfg.algo.get("critic_path") else base_path
             critic = ValueModel.from_pretrained(critic_path, DTYPES[str(cfg.policy.dtype)]).to(self.device)
             if self.resume_from is not None:
-                critic.load_state_dict(self.resume_from.extra_state_dict("critic"))
+                state = self.resume_from.extra_state_dict("critic")
+                if state is None:
+                    raise ConfigError(
+                        f"{self.resume_from.path} holds no critic; it was not written by algo={cfg.algo.name}"
+                    )
+                critic.load_state_dict(state)
         self.template = PromptTemplate(tokenizer=self.tokenizer, **cfg.policy.template)
         self.shape = SHAPERS.get(cfg.shaper.name)
         self.learner = TorchLearner(self.model, cfg.algo, cfg.learner, ref_model=ref_model, critic=critic)
@@ -127,7 +132,15 @@ class Trainer:
                     "for a fresh run (nothing was overwritten)"
                 )
             return None
-        return self.checkpoints.latest()
+        latest = self.checkpoints.latest()
+        # any step directory, complete-looking or not: a fresh start would discard the run's metrics
+        present = list(self.checkpoints.directory.glob("step_*")) if self.checkpoints.directory.is_dir() else []
+        if latest is None and present:
+            raise ConfigError(
+                f"none of the {len(present)} checkpoint(s) in {self.checkpoints.directory} is valid (see the warnings "
+                "above); move them aside to start over, or pass run_name=<new> for a fresh run (nothing was overwritten)"
+            )
+        return latest
 
     def _policy_path(self) -> Path:
         if self.cfg.policy.path:

@@ -120,3 +120,14 @@ def test_every_credit_algo_trains_in_one_sweep(workdir):
         last = _records(sweep / job / "metrics.jsonl")[-1]
         assert last["iter"] == 2 and last["loss/skipped_steps"] == 0
     assert "critic/value_loss" in _records(sweep / "3-gridworld-ppo-seed0" / "metrics.jsonl")[-1]
+
+
+def test_all_checkpoints_corrupt_refuses_and_keeps_metrics(workdir):
+    args = ["train", *FAST, "trainer.checkpoint_every=1", "trainer.keep_last=1", "run_name=allbad"]
+    calmrl(*args, "trainer.total_iters=1", cwd=workdir)
+    run = workdir / "runs" / "allbad"
+    (run / "checkpoints" / "step_00000001" / "manifest.json").unlink()
+    metrics_before = (run / "metrics.jsonl").read_text()
+    proc = calmrl(*args, "trainer.total_iters=2", cwd=workdir, check=False)
+    assert proc.returncode == 2 and "is valid" in proc.stderr and "nothing was overwritten" in proc.stderr
+    assert (run / "metrics.jsonl").read_text() == metrics_before
