@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from calmrl.algos.registry import register
-from calmrl.algos.segments import discounted_reverse_cumsum, group_index
+from calmrl.algos.segments import discounted_reverse_cumsum, group_index, on_last_token
 
 
 def trajectory_token_positions(response_mask: torch.Tensor, traj: torch.Tensor, step: torch.Tensor):
@@ -78,21 +78,12 @@ def gae_advantages(
     return advantages, returns
 
 
-def step_rewards_on_last_token(rewards: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """Place each row's reward on its last response token: [N] x [N, L] -> [N, L]."""
-    last = response_mask.shape[1] - 1 - torch.argmax(response_mask.flip(1), dim=1)  # [N]
-    out = torch.zeros_like(response_mask, dtype=torch.float32)
-    has_response = response_mask.sum(1) > 0
-    out[torch.arange(len(rewards))[has_response], last[has_response]] = rewards[has_response].float()
-    return out
-
-
 @register("ppo", requires=("values",))
 def ppo(batch, cfg) -> torch.Tensor:
     """advantages [N, L] from GAE; also fills batch.returns [N, L], the critic's regression targets."""
     if batch.values is None:
         raise ValueError("ppo needs critic values; the trainer fills batch.values from the critic")
-    rewards = step_rewards_on_last_token(batch.rewards, batch.response_mask)
+    rewards = on_last_token(batch.rewards, batch.response_mask)
     if batch.token_rewards is not None:
         rewards = rewards + batch.token_rewards * batch.response_mask
     advantages, returns = gae_advantages(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from calmrl.algos.registry import register
+from calmrl.algos.segments import on_last_token
 
 
 def reinforce_pp_token_rewards(
@@ -36,15 +37,10 @@ def reinforce_pp_token_rewards(
     Rows without response tokens get all zeros.
     """
     mask = response_mask.float()
-    rewards = -float(kl_beta) * (logprobs.float() - ref_logprobs.float()) * mask
+    kl_penalty = -float(kl_beta) * (logprobs.float() - ref_logprobs.float()) * mask
     if mask.numel() == 0:
-        return rewards
-    positions = torch.arange(mask.shape[1]).expand_as(mask)
-    last = torch.where(mask > 0, positions, torch.full_like(positions, -1)).max(dim=1).values  # [N]
-    has_response = last >= 0
-    rows = torch.arange(mask.shape[0])[has_response]
-    rewards[rows, last[has_response]] += outcome.float()[has_response]
-    return rewards
+        return kl_penalty
+    return kl_penalty + on_last_token(outcome, mask)
 
 
 def reinforce_pp_advantages(

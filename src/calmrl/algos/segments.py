@@ -86,6 +86,19 @@ def to_tokens(row_values: torch.Tensor, response_mask: torch.Tensor) -> torch.Te
     return row_values.unsqueeze(1).to(response_mask.dtype) * response_mask
 
 
+def on_last_token(row_values: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Put each row's value on its last response token, zeros elsewhere: [N] x [N, L] -> [N, L].
+
+    Rows without response tokens stay all zero.
+    """
+    out = torch.zeros_like(response_mask, dtype=torch.float32)
+    has_response = response_mask.sum(1) > 0
+    last = response_mask.shape[1] - 1 - torch.argmax(response_mask.flip(1).float(), dim=1)  # [N]
+    rows = torch.arange(response_mask.shape[0])[has_response]
+    out[rows, last[has_response]] = row_values.float()[has_response]
+    return out
+
+
 def discounted_reverse_cumsum(
     values: torch.Tensor, segment: torch.Tensor, position: torch.Tensor, gamma: float
 ) -> torch.Tensor:

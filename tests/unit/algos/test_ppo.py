@@ -3,7 +3,8 @@ import torch
 from omegaconf import OmegaConf
 
 from calmrl.algos import ALGOS
-from calmrl.algos.ppo import gae_advantages, step_rewards_on_last_token, trajectory_token_positions
+from calmrl.algos.ppo import gae_advantages, trajectory_token_positions
+from calmrl.algos.segments import on_last_token
 from calmrl.data import Step, Trajectory, build_batch
 
 
@@ -85,7 +86,7 @@ def test_lambda_one_is_return_minus_value_and_lambda_zero_is_td_error():
 
 def test_step_reward_lands_on_last_response_token():
     mask, _, _ = layout()
-    out = step_rewards_on_last_token(torch.tensor([1.0, 2.0, 3.0]), mask)
+    out = on_last_token(torch.tensor([1.0, 2.0, 3.0]), mask)
     assert out[0].tolist() == [0, 0, 0, 1.0, 0] and out[1].tolist() == [0, 0, 2.0, 0, 0]
     assert out[2].tolist() == [0, 0, 3.0, 0, 0]
 
