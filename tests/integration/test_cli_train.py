@@ -131,3 +131,15 @@ def test_all_checkpoints_corrupt_refuses_and_keeps_metrics(workdir):
     proc = calmrl(*args, "trainer.total_iters=2", cwd=workdir, check=False)
     assert proc.returncode == 2 and "is valid" in proc.stderr and "nothing was overwritten" in proc.stderr
     assert (run / "metrics.jsonl").read_text() == metrics_before
+
+
+def test_wandb_logger_is_offline_without_a_key(workdir):
+    env_key = os.environ.pop("WANDB_API_KEY", None)
+    try:
+        calmrl("train", *FAST, "trainer.total_iters=2", "logger=wandb", "run_name=wb", cwd=workdir)
+    finally:
+        if env_key is not None:
+            os.environ["WANDB_API_KEY"] = env_key
+    runs = list((workdir / "runs" / "wb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+    assert len(_records(workdir / "runs" / "wb" / "metrics.jsonl")) == 2  # the JSONL file is always written
