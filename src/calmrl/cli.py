@@ -66,6 +66,49 @@ def train(cfg: DictConfig) -> float | None:
     return summary["final_success_rate"]
 
 
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+def evaluate(cfg: DictConfig) -> float:
+    """Evaluate a policy on held-out seeds; returns its success rate."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from calmrl.config import ConfigError, validate_eval
+    from calmrl.registry import RegistryError
+
+    hydra_cfg = HydraConfig.get()
+    try:
+        cfg = _with_run_config(cfg, [o for o in hydra_cfg.overrides.task])
+        validate_eval(cfg)
+    except (ConfigError, RegistryError) as exc:
+        _fail(str(exc))
+    _quiet_libraries()
+    from calmrl.policy.loading import PolicyLoadError
+    from calmrl.tools.evaluate import run_eval_command
+
+    try:
+        return run_eval_command(cfg, Path(hydra_cfg.runtime.output_dir))["success_rate"]
+    except (ConfigError, PolicyLoadError) as exc:
+        _fail(str(exc))
+
+
+def _with_run_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """When `checkpoint` names a training run, evaluate with that run's env / policy / rollout settings
+    (so prompts match training), then re-apply this command's own key=value overrides on top."""
+    from omegaconf import OmegaConf
+
+    if not cfg.checkpoint:
+        return cfg
+    given = Path(cfg.checkpoint).expanduser()
+    run_dir = next(
+        (d for d in (given, given.parent, given.parent.parent) if (d / ".hydra" / "config.yaml").is_file()), None
+    )
+    if run_dir is None:
+        return cfg
+    trained = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    merged = OmegaConf.merge(cfg, {k: trained[k] for k in ("env", "policy", "rollout") if k in trained})
+    dotted = [o for o in overrides if "=" in o and "." in o.split("=", 1)[0] and o[0] not in "+~"]
+    return OmegaConf.merge(merged, OmegaConf.from_dotlist(dotted))
+
+
 def _quiet_libraries() -> None:
     """calmrl prints its own progress; the libraries' per-file progress bars would drown it."""
     import os
@@ -78,7 +121,10 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
-COMMANDS = {"train": (train, "train a policy (roll out, assign credit, update, evaluate, checkpoint)")}
+COMMANDS = {
+    "train": (train, "train a policy (roll out, assign credit, update, evaluate, checkpoint)"),
+    "eval": (evaluate, "evaluate a checkpoint or model on an env's held-out seeds (JSON report)"),
+}
 
 USAGE = (
     "usage: calmrl <command> [hydra overrides...]\n\ncommands:\n"

@@ -232,6 +232,17 @@ class TrainConfig:
     device: Device = Device.auto
 
 
+@dataclass
+class EvalConfig:
+    env: Any = MISSING
+    policy: Any = MISSING
+    rollout: Any = MISSING
+    cluster: Any = MISSING
+    checkpoint: str | None = None  # a run directory, its checkpoints/ folder, or one step_XXXXXXXX directory
+    seed: int = 0
+    device: Device = Device.auto
+
+
 SCHEMAS: dict[str, dict[str, type]] = {
     "env": {"base": EnvConfig, "gridworld": GridWorldConfig},
     "policy": {"base": PolicyConfig, "tiny": TinyPolicyConfig},
@@ -255,6 +266,7 @@ def register_schemas() -> None:
     """Put every schema in Hydra's ConfigStore under `schema/<group>/<name>`."""
     cs = ConfigStore.instance()
     cs.store(group="schema", name="train", node=TrainConfig)
+    cs.store(group="schema", name="eval", node=EvalConfig)
     for group, schemas in SCHEMAS.items():
         for name, node in schemas.items():
             cs.store(group=f"schema/{group}", name=name, node=node)
@@ -289,7 +301,6 @@ def _validate_algo_extras(algo: DictConfig) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Range and compatibility checks Hydra's types cannot express. Cheap: imports nothing heavy."""
-    from pathlib import Path
 
     from calmrl.algos import ALGOS
     from calmrl.envs import ENVS
@@ -342,6 +353,28 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.trainer.eval_every >= 0, f"trainer.eval_every must be >= 0, got {cfg.trainer.eval_every}")
     _require(cfg.logger.name in ("console", "wandb", "jsonl"), f"unknown logger {cfg.logger.name!r}")
 
+    _validate_policy(cfg)
+    _validate_device(cfg)
+
+
+def validate_eval(cfg: DictConfig) -> None:
+    """Checks for `calmrl eval`, before any model loads."""
+    from calmrl.envs import ENVS
+
+    ENVS.get(cfg.env.name)
+    _require(cfg.rollout.name == "hf", f"rollout={cfg.rollout.name} is not available yet; use rollout=hf")
+    _require(cfg.env.eval_episodes >= 1, f"env.eval_episodes must be >= 1, got {cfg.env.eval_episodes}")
+    _require(
+        cfg.rollout.eval_temperature >= 0, f"rollout.eval_temperature must be >= 0, got {cfg.rollout.eval_temperature}"
+    )
+    if cfg.checkpoint is None:
+        _validate_policy(cfg)
+    _validate_device(cfg)
+
+
+def _validate_policy(cfg: DictConfig) -> None:
+    from pathlib import Path
+
     if cfg.policy.path is not None:
         path = Path(cfg.policy.path).expanduser()
         _require(
@@ -352,19 +385,18 @@ def validate(cfg: DictConfig) -> None:
             (path / "config.json").is_file(),
             f"policy.path={cfg.policy.path} has no config.json; is it a Hugging Face save_pretrained directory?",
         )
-        weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
         _require(
-            bool(weights),
+            any(path.glob("*.safetensors")),
             f"policy.path={cfg.policy.path} has no weights (*.safetensors); download or save the model there first",
         )
     elif cfg.policy.name != "tiny":
         raise ConfigError(
             f"policy={cfg.policy.name} needs policy.path=/path/to/{cfg.policy.name} (a local save_pretrained directory)"
         )
+
+
+def _validate_device(cfg: DictConfig) -> None:
     if cfg.device == "cuda":
         import torch
 
-        _require(
-            torch.cuda.is_available(),
-            "device=cuda but no CUDA device is visible; use device=cpu or device=auto",
-        )
+        _require(torch.cuda.is_available(), "device=cuda but no CUDA device is visible; use device=cpu or device=auto")

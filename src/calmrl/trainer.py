@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +34,7 @@ from calmrl.policy import PromptTemplate, build_tiny_policy, load_policy
 from calmrl.policy.loading import DTYPES
 from calmrl.rollout import HFGenerator, run_episodes
 from calmrl.shapers import SHAPERS
-
-
-@dataclass
-class EvalResult:
-    success_rate: float
-    episode_len: float
-    invalid_rate: float
+from calmrl.tools.evaluate import EvalResult, evaluate
 
 
 def train_seeds(seed: int, it: int, num_groups: int, eval_offset: int) -> list[int]:
@@ -166,23 +159,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> EvalResult:
-        n = len(self.eval_envs)
-        seeds = [self.cfg.env.eval_seed_offset + i for i in range(n)]
-        trajs = run_episodes(
-            self.eval_envs,
-            seeds,
-            list(range(n)),
-            self.template,
-            self.greedy,
-            self.cfg.env.invalid_penalty,
-            self.cfg.env.max_steps,
-        )
-        steps = [s for t in trajs for s in t.steps]
-        return EvalResult(
-            success_rate=float(np.mean([t.success for t in trajs])),
-            episode_len=float(np.mean([len(t.steps) for t in trajs])),
-            invalid_rate=float(np.mean([s.invalid for s in steps])) if steps else 0.0,
-        )
+        """Greedy (rollout.eval_temperature) success on the held-out evaluation seeds."""
+        return evaluate(self.eval_envs, self.template, self.greedy, self.cfg.env)[0]
 
     def train_iteration(self, it: int) -> dict[str, float]:
         cfg = self.cfg

@@ -1,0 +1,1 @@
+"""Researcher tools behind the CLI commands other than `train` (eval, ...)."""
