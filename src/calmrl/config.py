@@ -208,7 +208,7 @@ class LoggerConfig:
 # ---------------------------------------------------------------- top level
 @dataclass
 class TrainerConfig:
-    total_iters: int = 150
+    total_iters: int = 200
     eval_every: int = 10  # greedy evaluation on held-out seeds every N iterations (0 = only start/end)
     checkpoint_every: int = 5
     keep_last: int = 2

@@ -35,7 +35,7 @@ def test_small_budget_already_learns(workdir):
 
 @pytest.mark.slow
 def test_default_run_reaches_the_acceptance_threshold(workdir):
-    """The full default run (about 1.5 minutes on 2 cores): held-out greedy success from ~0 to >= 0.6."""
+    """The full default run (about 2 minutes on 2 cores): held-out greedy success from ~0 to >= 0.6."""
     out = calmrl("train", cwd=workdir, timeout=600).stdout
     match = re.search(r"greedy success on (\d+) held-out seeds: untrained ([\d.]+) -> trained ([\d.]+)", out)
     assert match, out[-2000:]
