@@ -44,7 +44,7 @@ class JsonlWriter:
             kept = [
                 line
                 for line in path.read_text().splitlines()
-                if _iter_of(line) is not None and _iter_of(line) <= resume_step
+                if (it := _iter_of(line)) is not None and it <= resume_step
             ]
             tmp = path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
