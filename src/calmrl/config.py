@@ -48,6 +48,11 @@ class PromptFormat(StrEnum):
     tagged = "tagged"  # <think>...</think><action>...</action>
 
 
+class EnvPoolKind(StrEnum):
+    inline = "inline"  # envs in the training process; exceptions are caught per env
+    process = "process"  # one worker process per env, stepped in parallel, with a per-call timeout
+
+
 class Resume(StrEnum):
     auto = "auto"  # continue from the newest valid checkpoint of the run directory, if any
     never = "never"  # start fresh; refuse to overwrite a run directory that holds checkpoints
@@ -73,6 +78,8 @@ class EnvConfig:
     invalid_penalty: float = 0.1  # subtracted from a step's reward when its action is invalid
     eval_episodes: int = 64  # held-out episodes per greedy evaluation
     eval_seed_offset: int = 1_000_000_000  # eval seeds start here; training seeds stay below it
+    pool: EnvPoolKind = EnvPoolKind.inline
+    timeout_s: float = 60.0  # process pool: a reset/step slower than this ends that trajectory
 
 
 @dataclass
@@ -339,6 +346,7 @@ def validate(cfg: DictConfig) -> None:
     )
     _require(cfg.learner.max_grad_norm > 0, f"learner.max_grad_norm must be > 0, got {cfg.learner.max_grad_norm}")
     _require(cfg.env.max_steps >= 1, f"env.max_steps must be >= 1, got {cfg.env.max_steps}")
+    _require(cfg.env.timeout_s > 0, f"env.timeout_s must be > 0, got {cfg.env.timeout_s}")
     _require(cfg.env.eval_episodes >= 1, f"env.eval_episodes must be >= 1, got {cfg.env.eval_episodes}")
     _require(
         cfg.policy.template.history_len >= 0,

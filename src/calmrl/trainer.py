@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from calmrl.algos import ALGOS
 from calmrl.config import ConfigError
 from calmrl.data import build_batch
-from calmrl.envs import make_env
+from calmrl.envs import make_env, make_pool
 from calmrl.learners.checkpoint import CheckpointManager, restore_rng
 from calmrl.learners.critic import ValueModel
 from calmrl.learners.torch import TorchLearner
@@ -63,7 +63,6 @@ class Trainer:
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
 
-        self.env_probe = make_env(cfg.env)
         base_path = self._policy_path()
         load_path = self.resume_from.policy_dir if self.resume_from else base_path
         self.model, self.tokenizer = load_policy(load_path, cfg.policy.dtype, cfg.policy.trust_remote_code, self.device)
@@ -102,8 +101,8 @@ class Trainer:
             cfg.rollout.generation_batch_size,
         )
         n = cfg.rollout.num_groups * cfg.rollout.group_size
-        self.train_envs = [make_env(cfg.env) for _ in range(n)]
-        self.eval_envs = [make_env(cfg.env) for _ in range(cfg.env.eval_episodes)]
+        self.train_envs = make_pool(cfg.env, n)
+        self.eval_envs = make_pool(cfg.env, cfg.env.eval_episodes)
 
         self.start_iter = 0
         self.state: dict = {}
@@ -138,7 +137,7 @@ class Trainer:
     def _policy_path(self) -> Path:
         if self.cfg.policy.path:
             return Path(self.cfg.policy.path).expanduser()
-        words = list(self.env_probe.vocabulary()) + PromptTemplate.vocabulary()
+        words = list(make_env(self.cfg.env).vocabulary()) + PromptTemplate.vocabulary()
         return build_tiny_policy(self.run_dir / "tiny_policy", words, self.cfg.policy)
 
     # ---------------------------------------------------------------- the loop
@@ -262,6 +261,8 @@ class Trainer:
             return summary
         finally:
             logger.close()
+            self.train_envs.close()
+            self.eval_envs.close()
 
 
 def _print_summary(logger: MetricsLogger, summary: dict, episodes: int) -> None:

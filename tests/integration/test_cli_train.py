@@ -143,3 +143,15 @@ def test_wandb_logger_is_offline_without_a_key(workdir):
     runs = list((workdir / "runs" / "wb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
     assert len(_records(workdir / "runs" / "wb" / "metrics.jsonl")) == 2  # the JSONL file is always written
+
+
+def test_training_with_process_env_pool(workdir):
+    """env.pool=process: every env in its own worker process; results equal the inline pool's."""
+    common = [*FAST, "trainer.total_iters=2", "env.timeout_s=30"]
+    calmrl("train", *common, "env.pool=process", "run_name=proc", cwd=workdir)
+    calmrl("train", *common, "env.pool=inline", "run_name=inl", cwd=workdir)
+    proc = _records(workdir / "runs" / "proc" / "metrics.jsonl")
+    inline = _records(workdir / "runs" / "inl" / "metrics.jsonl")
+    for a, b in zip(proc, inline, strict=True):
+        assert a["rollout/episode_return"] == b["rollout/episode_return"]
+        assert a["rollout/env_errors"] == 0

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from calmrl.envs import gridworld  # noqa: F401  (registers "gridworld")
 from calmrl.envs.base import ENVS, Observation, StepResult, TextEnv
+from calmrl.envs.pool import EnvPool, InlinePool, ProcessPool
 
-__all__ = ["ENVS", "Observation", "StepResult", "TextEnv", "make_env", "FRAMEWORK_KEYS"]
+__all__ = ["ENVS", "Observation", "StepResult", "TextEnv", "make_env", "make_pool", "FRAMEWORK_KEYS"]
 
 #: keys of an env config read by the framework (rollout, evaluation), not passed to the env class
-FRAMEWORK_KEYS = frozenset({"name", "invalid_penalty", "eval_episodes", "eval_seed_offset"})
+FRAMEWORK_KEYS = frozenset({"name", "invalid_penalty", "eval_episodes", "eval_seed_offset", "pool", "timeout_s"})
 
 
 def make_env(cfg: Any) -> TextEnv:
@@ -20,3 +22,17 @@ def make_env(cfg: Any) -> TextEnv:
     params = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     cls = ENVS.get(params["name"])
     return cls(**{k: v for k, v in params.items() if k not in FRAMEWORK_KEYS})
+
+
+def make_pool(cfg: Any, n: int) -> EnvPool:
+    """`n` envs of `cfg` behind the pool that `cfg.pool` names (inline or process)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    params = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    if str(params.get("pool", "inline")) == "process":
+        return ProcessPool(partial(_make_env_for_slot, params), n, timeout_s=float(params.get("timeout_s", 60.0)))
+    return InlinePool([make_env(params) for _ in range(n)])
+
+
+def _make_env_for_slot(params: dict, slot: int) -> TextEnv:
+    return make_env(params)  # every slot runs the same env config

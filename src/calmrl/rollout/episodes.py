@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from calmrl.data import Step, Trajectory
 from calmrl.envs.base import Observation, TextEnv
+from calmrl.envs.pool import EnvPool, InlinePool
 from calmrl.policy.template import PromptTemplate
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ GenerateFn = Callable[[list[str]], list[Generation]]
 
 
 def run_episodes(
-    envs: Sequence[TextEnv],
+    envs: Sequence[TextEnv] | EnvPool,
     seeds: Sequence[int],
     uids: Sequence[int],
     template: PromptTemplate,
@@ -46,22 +47,23 @@ def run_episodes(
 
     `timings`, when given, accumulates seconds spent in "generate" and in "env" (reset + step).
     """
+    pool = InlinePool(envs) if isinstance(envs, list | tuple) else envs
     timings = timings if timings is not None else {}
     timings.setdefault("generate", 0.0)
     timings.setdefault("env", 0.0)
-    t_env = time.perf_counter()
     trajs = [Trajectory(uid=int(u), seed=int(s), task="") for u, s in zip(uids, seeds, strict=True)]
-    obs: list[Observation | None] = [None] * len(envs)
-    history: list[list[tuple[str, str]]] = [[] for _ in envs]
+    obs: list[Observation | None] = [None] * len(trajs)
+    history: list[list[tuple[str, str]]] = [[] for _ in trajs]
     active: list[int] = []
-    for i, env in enumerate(envs):
-        try:
-            obs[i] = env.reset(int(seeds[i]))
-            trajs[i].task = env.task
+
+    t_env = time.perf_counter()
+    for i, out in enumerate(pool.reset(range(len(trajs)), [int(s) for s in seeds])):
+        if isinstance(out, BaseException):  # a broken env must not take the run down
+            trajs[i].error = f"reset failed: {out!r}"
+            log.warning("env %d (seed %d) failed at reset: %r", i, seeds[i], out)
+        else:
+            obs[i], trajs[i].task = out
             active.append(i)
-        except Exception as exc:  # a broken env must not take the run down
-            trajs[i].error = f"reset failed: {exc!r}"
-            log.warning("env %d (seed %d) failed at reset: %r", i, seeds[i], exc)
     timings["env"] += time.perf_counter() - t_env
 
     for _turn in range(max_steps):
@@ -71,18 +73,26 @@ def run_episodes(
         t_gen = time.perf_counter()
         generations = generate(prompts)
         timings["generate"] += time.perf_counter() - t_gen
+
+        # Parse every response, then step all envs with a valid action in one pool call (parallel for
+        # process pools); a response that fails the format check never reaches its env.
+        actions = [template.parse(gen.text, obs[i].admissible) for i, gen in zip(active, generations, strict=True)]
+        to_step = [(i, a) for i, a in zip(active, actions, strict=True) if a is not None]
+        t_env = time.perf_counter()
+        stepped = dict(
+            zip([i for i, _ in to_step], pool.step([i for i, _ in to_step], [a for _, a in to_step]), strict=True)
+        )
+        timings["env"] += time.perf_counter() - t_env
+
         still_active = []
-        for i, gen in zip(active, generations, strict=True):
+        for i, gen, action in zip(active, generations, actions, strict=True):
             ob = obs[i]
-            action = template.parse(gen.text, ob.admissible)
             reward, done, info = 0.0, False, {}
             if action is not None:
-                t_env = time.perf_counter()
-                try:
-                    result = envs[i].step(action)
-                except Exception as exc:
-                    trajs[i].error = f"step failed: {exc!r}"
-                    log.warning("env %d (seed %d) failed at step %d: %r", i, seeds[i], len(trajs[i].steps), exc)
+                result = stepped[i]
+                if isinstance(result, BaseException):
+                    trajs[i].error = f"step failed: {result!r}"
+                    log.warning("env %d (seed %d) failed at step %d: %r", i, seeds[i], len(trajs[i].steps), result)
                     done, info = True, {"error": trajs[i].error}
                 else:
                     obs[i], reward, done, info = (
@@ -91,7 +101,6 @@ def run_episodes(
                         result.done,
                         dict(result.info),
                     )
-                timings["env"] += time.perf_counter() - t_env
             invalid = action is None or bool(info.get("invalid", False))
             if invalid:
                 reward -= invalid_penalty

@@ -54,7 +54,7 @@ def run_eval_command(cfg, out_dir: Path) -> dict:
     from omegaconf import OmegaConf
 
     from calmrl.config import ConfigError
-    from calmrl.envs import make_env
+    from calmrl.envs import make_pool
     from calmrl.learners.checkpoint import CheckpointError, CheckpointManager
     from calmrl.policy import PromptTemplate, load_policy
     from calmrl.rollout import HFGenerator
@@ -69,9 +69,12 @@ def run_eval_command(cfg, out_dir: Path) -> dict:
     generate = HFGenerator(
         model, tokenizer, cfg.rollout.max_new_tokens, cfg.rollout.eval_temperature, cfg.rollout.generation_batch_size
     )
-    envs = [make_env(cfg.env) for _ in range(cfg.env.eval_episodes)]
+    envs = make_pool(cfg.env, cfg.env.eval_episodes)
     start = time.perf_counter()
-    result, trajs = evaluate(envs, template, generate, cfg.env)
+    try:
+        result, trajs = evaluate(envs, template, generate, cfg.env)
+    finally:
+        envs.close()
     report = {
         "policy": str(policy_dir),
         "source": source,
