@@ -90,6 +90,20 @@ def evaluate(cfg: DictConfig) -> float:
         _fail(str(exc))
 
 
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="compare")
+def compare(cfg: DictConfig) -> None:
+    """Plot and tabulate metrics of runs or sweeps against steps, grouped by a config key."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from calmrl.config import ConfigError
+    from calmrl.tools.compare import run_compare_command
+
+    try:
+        run_compare_command(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
 def _with_run_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """When `checkpoint` names a training run, evaluate with that run's env / policy / rollout settings
     (so prompts match training), then re-apply this command's own key=value overrides on top."""
@@ -124,6 +138,7 @@ def _quiet_libraries() -> None:
 COMMANDS = {
     "train": (train, "train a policy (roll out, assign credit, update, evaluate, checkpoint)"),
     "eval": (evaluate, "evaluate a checkpoint or model on an env's held-out seeds (JSON report)"),
+    "compare": (compare, "plot and tabulate metrics of runs or sweeps against steps, mean and spread over seeds"),
 }
 
 USAGE = (

@@ -250,6 +250,16 @@ class EvalConfig:
     device: Device = Device.auto
 
 
+@dataclass
+class CompareConfig:
+    runs: list[str] = field(default_factory=list)  # run directories, or sweep directories searched for runs
+    metrics: list[str] = field(default_factory=lambda: ["eval/success_rate", "rollout/success_rate"])
+    group_by: str = "algo.name"  # any dotted key of the runs' .hydra/config.yaml
+    x: str = "env_steps"  # env_steps (cumulative perf/steps) | iter
+    out: str | None = None  # output directory; None = the Hydra run directory (runs/compare/<time>)
+    smooth: int = 1  # trailing moving-average window over each run's points (1 = none)
+
+
 SCHEMAS: dict[str, dict[str, type]] = {
     "env": {"base": EnvConfig, "gridworld": GridWorldConfig},
     "policy": {"base": PolicyConfig, "tiny": TinyPolicyConfig},
@@ -274,6 +284,7 @@ def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(group="schema", name="train", node=TrainConfig)
     cs.store(group="schema", name="eval", node=EvalConfig)
+    cs.store(group="schema", name="compare", node=CompareConfig)
     for group, schemas in SCHEMAS.items():
         for name, node in schemas.items():
             cs.store(group=f"schema/{group}", name=name, node=node)
