@@ -377,18 +377,12 @@ def plot_metric(path: Path, metric: str, by_group: dict[str, dict[str, np.ndarra
         plt.close(fig)
 
 
-def _need_matplotlib() -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        raise ConfigError("calmrl compare plots with matplotlib: pip install matplotlib (or 'calmrl[dev]')") from None
-    matplotlib.use("Agg")
-
-
 def run_compare_command(cfg, out_dir: Path) -> dict:
     """`calmrl compare`: load the runs, aggregate, write a PNG per metric plus summary.md / summary.csv into
     `cfg.out` (or `out_dir`, the Hydra run directory), and print the table and the paths."""
-    _need_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
     runs = load_runs(list(cfg.runs))
     result = compare(runs, list(cfg.metrics), cfg.group_by, cfg.x, int(cfg.smooth))
     rows = summary_rows(result.results)
