@@ -104,6 +104,32 @@ def compare(cfg: DictConfig) -> None:
         _fail(str(exc))
 
 
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="inspect")
+def inspect(cfg: DictConfig) -> None:
+    """Roll out one group and show each estimator's credit per step and per token (HTML, PNG, terminal)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from calmrl.config import ConfigError, validate_eval
+    from calmrl.registry import RegistryError
+
+    hydra_cfg = HydraConfig.get()
+    try:
+        cfg = _with_run_config(cfg, list(hydra_cfg.overrides.task))
+        validate_eval(cfg)
+        if cfg.group_size < 2:
+            raise ConfigError(f"group_size must be >= 2 for group baselines, got {cfg.group_size}")
+    except (ConfigError, RegistryError) as exc:
+        _fail(str(exc))
+    _quiet_libraries()
+    from calmrl.policy.loading import PolicyLoadError
+    from calmrl.tools.inspect_credit import run_inspect_command
+
+    try:
+        run_inspect_command(cfg, Path(hydra_cfg.runtime.output_dir))
+    except (ConfigError, RegistryError, PolicyLoadError) as exc:
+        _fail(str(exc))
+
+
 def _with_run_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """When `checkpoint` names a training run, evaluate with that run's env / policy / rollout settings
     (so prompts match training), then re-apply this command's own key=value overrides on top."""
@@ -138,6 +164,7 @@ def _quiet_libraries() -> None:
 COMMANDS = {
     "train": (train, "train a policy (roll out, assign credit, update, evaluate, checkpoint)"),
     "eval": (evaluate, "evaluate a checkpoint or model on an env's held-out seeds (JSON report)"),
+    "inspect": (inspect, "roll out one group and show each estimator's credit per step and token (HTML + PNG)"),
     "compare": (compare, "plot and tabulate metrics of runs or sweeps against steps, mean and spread over seeds"),
 }
 

@@ -260,6 +260,21 @@ class CompareConfig:
     smooth: int = 1  # trailing moving-average window over each run's points (1 = none)
 
 
+@dataclass
+class InspectConfig:
+    env: Any = MISSING
+    policy: Any = MISSING
+    rollout: Any = MISSING
+    cluster: Any = MISSING
+    checkpoint: str | None = None  # a run directory, its checkpoints/ folder, or one step_XXXXXXXX directory
+    estimators: list[str] = field(default_factory=lambda: ["grpo", "rloo", "gigpo"])
+    group_size: int = 8  # trajectories in the inspected group
+    task_seed: int | None = None  # the group's task seed; None = env.eval_seed_offset (a held-out task)
+    algo_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. +algo_overrides.gigpo.omega=0.5
+    seed: int = 0
+    device: Device = Device.auto
+
+
 SCHEMAS: dict[str, dict[str, type]] = {
     "env": {"base": EnvConfig, "gridworld": GridWorldConfig},
     "policy": {"base": PolicyConfig, "tiny": TinyPolicyConfig},
@@ -284,6 +299,7 @@ def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(group="schema", name="train", node=TrainConfig)
     cs.store(group="schema", name="eval", node=EvalConfig)
+    cs.store(group="schema", name="inspect", node=InspectConfig)
     cs.store(group="schema", name="compare", node=CompareConfig)
     for group, schemas in SCHEMAS.items():
         for name, node in schemas.items():

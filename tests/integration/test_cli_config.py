@@ -12,7 +12,7 @@ def test_help_lists_commands(workdir):
 
 def test_unknown_command(workdir):
     proc = calmrl("trian", cwd=workdir, check=False)
-    assert proc.returncode == 2 and "unknown command 'trian'; commands: train, eval" in proc.stderr
+    assert proc.returncode == 2 and "unknown command 'trian'; commands: train, eval, inspect, compare" in proc.stderr
 
 
 def test_unknown_group_option_names_valid_choices_fast(workdir):
