@@ -261,18 +261,11 @@ class CompareConfig:
 
 
 @dataclass
-class InspectConfig:
-    env: Any = MISSING
-    policy: Any = MISSING
-    rollout: Any = MISSING
-    cluster: Any = MISSING
-    checkpoint: str | None = None  # a run directory, its checkpoints/ folder, or one step_XXXXXXXX directory
+class InspectConfig(EvalConfig):
     estimators: list[str] = field(default_factory=lambda: ["grpo", "rloo", "gigpo"])
     group_size: int = 8  # trajectories in the inspected group
     task_seed: int | None = None  # the group's task seed; None = env.eval_seed_offset (a held-out task)
     algo_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. +algo_overrides.gigpo.omega=0.5
-    seed: int = 0
-    device: Device = Device.auto
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
