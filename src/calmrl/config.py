@@ -170,6 +170,9 @@ class MiniHackConfig(EnvConfig):
     crop_size: int = 9  # side of the glyph crop around the agent (MiniHack's obs_crop_h = obs_crop_w)
     reward_win: float = 1.0  # MiniHack's reward for reaching the goal
     penalty_step: float = 0.0  # MiniHack's reward for a step that costs no game time (e.g. a bumped wall)
+    # NetHack reads the system clock at start (full/new moon, Friday 13th, night, midnight change the game);
+    # False = NLE's fix_moon_phase: those come from the seed, so a seed names one game on any date
+    real_clock: bool = False
 
 
 # ---------------------------------------------------------------- policy

@@ -85,7 +85,8 @@ def _run(workdir: Path, env: str, pool: str, seed: int, iters: int) -> tuple[lis
         "trainer.checkpoint_every=1",
         f"run_name={env}-{pool}",
     ]
-    proc = calmrl(*args, cwd=workdir, script=THIS, timeout=240)
+    # below the 600 s a hanging env sleeps: a run that finishes has killed its hung workers, not waited for them
+    proc = calmrl(*args, cwd=workdir, script=THIS, timeout=500)
     run = workdir / "runs" / f"{env}-{pool}"
     return records(run / "metrics.jsonl"), proc.stdout + proc.stderr + (run / "train.log").read_text()
 
@@ -124,11 +125,9 @@ def test_env_raising_or_hanging_process_pool(tmp_path):
     seed, iters = 0, 3
     counts = faulty_seed_counts(seed, iters)
     assert counts[1][RAISE_AT_RESET] + counts[1][HANG_AT_STEP] == 2
-    start = time.monotonic()
-    metrics, log = _run(tmp_path, "test_hanging", "process", seed, iters)
+    metrics, log = _run(tmp_path, "test_hanging", "process", seed, iters)  # finishing at all: hangs were cut
     _check(metrics, log, counts, step_modes=(RAISE_AT_STEP, HANG_AT_STEP))
     assert "EnvTimeout" in log and "within 3 s" in log
-    assert time.monotonic() - start < 200  # hung workers were killed, not waited for
 
 
 if __name__ == "__main__":  # this module as the CLI, with the envs above registered

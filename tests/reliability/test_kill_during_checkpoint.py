@@ -52,8 +52,7 @@ def kill_inside_write(cwd: Path, run: str, min_step: int, inside: str | None) ->
     )
     ckpts = cwd / "runs" / run / "checkpoints"
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
+        while proc.poll() is None:  # no deadline: a slow machine takes longer; pytest's timeout guards a hang
             if _writing(ckpts, proc.pid, min_step, inside) is None:
                 time.sleep(0.0005)
                 continue

@@ -12,8 +12,10 @@ and the actions are the task's own NLE action set, each named by a fixed word (n
 apply, open, kick, search, ...); the admissible actions are those words. The anchor is the raw glyph crop
 (`glyphs_crop`, glyph ids), so steps acting from the same local view form one GiGPO step group.
 
-A seed fixes NetHack's core and display RNGs (with NetHack's anti-TAS reseeding off), so a seed names one
-level and one run of the game exactly. Rewards are MiniHack's own (`reward_win` on success, `penalty_step`
+A seed fixes NetHack's core and display RNGs (with NetHack's anti-TAS reseeding off), and, unless
+`real_clock=True`, NLE's `fix_moon_phase` derives the clock-driven effects (full and new moon, Friday the 13th,
+night, midnight) from the seed instead of the system clock, so a seed names one level and one run of the
+game exactly, on any date. Rewards are MiniHack's own (`reward_win` on success, `penalty_step`
 for a step that takes no game time); info["success"] is MiniHack's TASK_SUCCESSFUL end status, and every
 info carries the task under "category". The `minihack` extra (nle, minihack) loads at the first reset.
 """
@@ -61,6 +63,7 @@ class MiniHack:
         max_steps: int = 100,
         reward_win: float = 1.0,
         penalty_step: float = 0.0,
+        real_clock: bool = False,
     ):
         if not task.startswith("MiniHack-"):
             raise ValueError(f"minihack task must be a MiniHack gym id such as MiniHack-KeyRoom-S5-v0, got {task!r}")
@@ -72,6 +75,7 @@ class MiniHack:
             raise ValueError(f"minihack max_steps must be at least 1, got {max_steps}")
         self.name, self.crop_size, self.max_steps = task, int(crop_size), int(max_steps)
         self.reward_win, self.penalty_step = float(reward_win), float(penalty_step)
+        self.real_clock = bool(real_clock)
         self.task = _TASKS.get(task.split("-")[1], "reach the stairs down ( > ) .")
         self._gym = None
         self._actions: dict[str, int] = {}
@@ -153,6 +157,9 @@ class MiniHack:
                 max_episode_steps=self.max_steps,
                 reward_win=self.reward_win,
                 penalty_step=self.penalty_step,
+                # without it NetHack reads the date at start: the same seed would be another game on a
+                # full-moon day (luck +1) or a Friday the 13th (luck -1), and results would not reproduce
+                fix_moon_phase=not self.real_clock,
             )
             self._actions = {action_word(a): i for i, a in enumerate(self._gym.unwrapped.actions)}
         return self._gym

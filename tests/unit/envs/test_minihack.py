@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
+
 import pytest
 
 from calmrl.envs.minihack import MiniHack
@@ -62,12 +67,56 @@ def test_observation_text_and_anchor(env):
     assert lines[0] == "map:" and len(lines) == 1 + 9 + 2
     assert lines[1 + 4][4] == "@"  # the agent sits in the middle of the 9 x 9 crop
     assert lines[1 + 5][3] == "("  # ... with the key to its south-west
-    assert lines[-2] == "message: You are lucky!  Full moon tonight."
+    # with the moon phase fixed, seed 0 names a new-moon game (NLE derives the phase from the seed), whatever
+    # the date the test runs on
+    assert lines[-2] == "message: Be careful!  New moon tonight."
     assert lines[-1].startswith("inventory: a: a +0 short sword (weapon in hand); ")
     # the anchor is the raw glyph crop: 9 rows of 9 glyph ids
     rows = obs.anchor.split("\n")
     assert len(rows) == 9 and all(len(r.split()) == 9 for r in rows)
     assert all(word.isdigit() for r in rows for word in r.split())
+
+
+# Plays seeds 0-3 of KeyRoom-S5 (the seed-0 solution, then a few moves) and prints every observation and reward.
+PLAY = f"""
+import json, sys
+from calmrl.envs.minihack import MiniHack
+env = MiniHack({KEYROOM!r}, real_clock=sys.argv[1] == "real")
+games = []
+for seed in range(4):
+    obs = env.reset(seed)
+    game = [[obs.text, obs.anchor]]
+    for action in {SOLUTION_SEED_0!r}:
+        result = env.step(action)
+        game.append([result.observation.text, result.observation.anchor, result.reward, result.done])
+        if result.done:
+            break
+    games.append(game)
+print(json.dumps(games))
+"""
+# a full moon at midnight, a new moon at noon, a Friday the 13th at night: each changes NetHack's start
+CLOCKS = ("2026-11-24 00:30:00", "2026-12-09 12:00:00", "2026-11-13 23:00:00")
+
+
+def _play_at(clock: str, mode: str) -> list:
+    proc = subprocess.run(
+        ["faketime", clock, sys.executable, "-c", PLAY, mode], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@needs_extra
+@pytest.mark.skipif(shutil.which("faketime") is None, reason="needs Debian's faketime (apt-get install faketime)")
+def test_seed_names_one_game_on_any_date():
+    fixed = [_play_at(clock, "fixed") for clock in CLOCKS]
+    assert fixed[0] == fixed[1] == fixed[2]  # observations, anchors, rewards and ends: all the seed's
+    assert fixed[0][0][-1][2:] == [1.0, True]  # and seed 0 is still solved by its sequence
+    # the control: following the real clock, the shifted dates do change the game, so faketime took effect
+    real = [_play_at(clock, "real") for clock in CLOCKS]
+    assert "Full moon tonight" in real[0][0][0][0] and "New moon tonight" in real[1][0][0][0]
+    assert "Friday the 13th" in real[2][0][0][0]
+    assert real[0] != real[1] != real[2]
 
 
 @needs_extra

@@ -10,6 +10,9 @@ from calmrl.envs.pool import EnvTimeout, EnvWorkerDied, InlinePool, ProcessPool
 from calmrl.policy import PromptTemplate
 from calmrl.rollout import Generation, run_episodes
 
+# longer than pytest's per-test timeout: a pool call that returns has not waited for a hung env
+HANG_S = 3600
+
 
 class Faulty:
     """An env that behaves until step `at`, then raises, hangs or kills its own process."""
@@ -30,7 +33,7 @@ class Faulty:
             if self.mode == "raise":
                 raise ValueError("broken game file")
             if self.mode == "hang":
-                time.sleep(60)
+                time.sleep(HANG_S)
             if self.mode == "die":
                 os._exit(3)
         return StepResult(Observation(f"obs {self.n}", f"s{self.n}", ("go",)), 0.0, False, {})
@@ -78,9 +81,7 @@ def test_hung_env_times_out_alone_and_its_slot_recovers():
     try:
         pool.reset([0, 1, 2], [0, 1, 2])
         pool.step([0, 1, 2], ["go"] * 3)
-        start = time.monotonic()
-        out = pool.step([0, 1, 2], ["go"] * 3)
-        assert time.monotonic() - start < 5
+        out = pool.step([0, 1, 2], ["go"] * 3)  # returning at all (long before HANG_S) is the timeout at work
         assert isinstance(out[0], StepResult) and isinstance(out[2], StepResult)
         assert isinstance(out[1], EnvTimeout) and "within 1 s" in str(out[1])
         # the hung worker was replaced: the slot answers again after a reset
