@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -40,10 +41,11 @@ def tiny_policy(tiny_policy_dir):
 
 @pytest.fixture()
 def make_trajectory():
-    """Builder of a Trajectory with one step per reward: make_trajectory(uid, rewards, prompt_len, response_len, logprob)."""
+    """Builder of a Trajectory with one step per reward: make_trajectory(uid, rewards, prompt_len, response_len,
+    logprob, invalid): `invalid` lists the steps whose action was invalid (each costs `penalty`, kept apart)."""
     from calmrl.data import Step, Trajectory
 
-    def make(uid, rewards, prompt_len=2, response_len=1, logprob=-0.5):
+    def make(uid, rewards, prompt_len=2, response_len=1, logprob=-0.5, invalid=(), penalty=0.1):
         steps = [
             Step(
                 prompt_ids=[1] * prompt_len,
@@ -53,9 +55,30 @@ def make_trajectory():
                 action="x",
                 reward=r,
                 anchor=f"s{k}",
+                invalid=k in invalid,
+                penalty=penalty if k in invalid else 0.0,
             )
             for k, r in enumerate(rewards)
         ]
         return Trajectory(uid=uid, seed=uid, task="t", steps=steps)
+
+    return make
+
+
+@pytest.fixture
+def random_agent_trajectories(make_trajectory):
+    """random_agent_trajectories(seed, n, groups, p_reward, p_invalid): n agent-like trajectories of 1-5 steps
+    in `groups` groups (trajectory k in group k % groups), each step rewarded 1 with p_reward and invalid with
+    p_invalid (each invalid step costs 0.1, kept apart), all drawn from a torch generator seeded with `seed`."""
+
+    def make(seed, n=14, groups=4, p_reward=0.2, p_invalid=0.3):
+        g = torch.Generator().manual_seed(seed)
+        trajs = []
+        for k in range(n):
+            length = int(torch.randint(1, 6, (1,), generator=g))
+            rewards = (torch.rand(length, generator=g) < p_reward).float().tolist()
+            bad = tuple(int(i) for i in torch.nonzero(torch.rand(length, generator=g) < p_invalid).flatten())
+            trajs.append(make_trajectory(k % groups, rewards, invalid=bad))
+        return trajs
 
     return make

@@ -39,6 +39,21 @@ class EpisodeStats(StrEnum):
     step_rows = "step_rows"  # one member per step row (the reference code's weighting)
 
 
+class PenaltyRule(StrEnum):
+    row = "row"  # subtract the penalty from the offending row's own score and return only (verl-agent)
+    folded = "folded"  # the penalty is part of the step's reward: it enters the return and earlier steps' returns
+
+
+class Singleton(StrEnum):
+    raw = "raw"  # a group of one keeps its raw score (mean 0, std 1: the verl / verl-agent estimators)
+    zero = "zero"  # a group of one has no baseline and gets 0
+
+
+class Similarity(StrEnum):
+    difflib = "difflib"  # difflib.SequenceMatcher(None, a, b).ratio(), as verl-agent's GiGPO
+    indel = "indel"  # rapidfuzz's normalized Indel similarity (LCS based): the same idea, much faster
+
+
 class Critic(StrEnum):
     separate = "separate"  # a separate critic: the policy's trunk (a copy) with a scalar value head
 
@@ -292,16 +307,29 @@ class AlgoConfig:
     kl_coef: float = 0.0  # weight of the low-variance KL to the frozen reference policy
     ppo_epochs: int = 1
     minibatch_size: int = 256  # step rows per optimizer step
+    dual_clip: float | None = None  # c > 1: dual-clip PPO on negative advantages (Ye et al., 2020; verl: 3.0)
+    entropy_coef: float = 0.0  # weight of the token-mean entropy bonus (verl's entropy_coeff: 0.001)
 
 
 @dataclass
-class GRPOConfig(AlgoConfig):
+class GroupBaselineConfig(AlgoConfig):
+    """What the group estimators (grpo, rloo, gigpo) share. The defaults here are the papers' form (one member per
+    trajectory, the penalty in the step reward); verl-agent's code is episode_stats=step_rows, singleton=raw,
+    penalty_rule=row, which gigpo defaults to and the GiGPO presets set."""
+
+    penalty_rule: PenaltyRule = PenaltyRule.folded  # how env.invalid_penalty enters credit (data.apply_penalty_rule)
+    episode_stats: EpisodeStats = EpisodeStats.trajectory  # members of the group statistics
+    singleton: Singleton = Singleton.zero  # a group with one member
+
+
+@dataclass
+class GRPOConfig(GroupBaselineConfig):
     norm_adv: Norm = Norm.std
     eps: float = 1e-6
 
 
 @dataclass
-class RLOOConfig(AlgoConfig):
+class RLOOConfig(GroupBaselineConfig):
     pass
 
 
@@ -310,10 +338,13 @@ class ReinforcePPConfig(AlgoConfig):
     kl_beta: float = 0.01  # weight of the per-token KL penalty folded into the reward
     gamma: float = 1.0
     eps: float = 1e-6
+    penalty_rule: PenaltyRule = PenaltyRule.row  # the row's outcome is its episode score minus its own penalty
 
 
 @dataclass
-class PPOConfig(AlgoConfig):
+class CriticConfig(AlgoConfig):
+    """What the methods with a learned token-level critic (ppo, ma_ppo) share."""
+
     gamma: float = 1.0
     lam: float = 0.95
     critic: Critic = Critic.separate
@@ -323,12 +354,28 @@ class PPOConfig(AlgoConfig):
     critic_warmup_iters: int = 0  # iterations that train only the critic
 
 
+class Sequence(StrEnum):
+    trajectory = "trajectory"  # GAE over the trajectory's response tokens, each step's reward on its last token
+    step = "step"  # each step row alone, its episode score on its last token (verl-agent's PPO)
+
+
 @dataclass
-class GiGPOConfig(AlgoConfig):
+class PPOConfig(CriticConfig):
+    sequence: Sequence = Sequence.trajectory  # what one GAE sequence is
+    whiten_advantages: bool = False  # whiten the GAE advantages over the batch's response tokens (verl: on)
+    penalty_rule: PenaltyRule = PenaltyRule.folded  # row needs sequence=step: the row's score less its own penalty
+
+
+@dataclass
+class GiGPOConfig(GroupBaselineConfig):
+    # verl-agent's gigpo/core_gigpo.py and apply_invalid_action_penalty (docs/algos/gigpo.md)
+    penalty_rule: PenaltyRule = PenaltyRule.row
+    episode_stats: EpisodeStats = EpisodeStats.step_rows
+    singleton: Singleton = Singleton.raw
     anchor: Anchor = Anchor.exact
-    similarity_threshold: float = 0.9
+    similarity: Similarity = Similarity.difflib  # anchor=similarity: the text similarity
+    similarity_threshold: float = 0.95  # anchor=similarity: ratio (0..1) needed to join a cluster
     norm_adv: Norm = Norm.std
-    episode_stats: EpisodeStats = EpisodeStats.trajectory
     omega: float = 1.0  # weight of the step-level advantage
     gamma: float = 0.95  # discount of the step-level returns
     eps: float = 1e-6
@@ -349,10 +396,13 @@ class MacroAgg(StrEnum):
 
 
 @dataclass
-class MAPPOConfig(PPOConfig):
+class MAPPOConfig(CriticConfig):
     termination: Termination = Termination.ngram
     ngram: int = 5  # termination=ngram: tokens per macro
     random_lengths: list[int] = field(default_factory=lambda: [1, 2, 3, 5, 10])  # termination=random
+    # termination=random: every length is used this many times per response, in a random order, and the rest
+    # of the response is one macro (the reference's repeat_times); None = i.i.d. draws that never run out
+    random_repeat: int | None = 10
     parse_chars: str = ".,;:!?\n"  # termination=parse: characters that end a macro
     macro_agg: MacroAgg = MacroAgg.mean  # how token values/rewards make the macro's V_k and r_k
     last_token_macro: bool = True  # each step's last response token is a macro of its own
@@ -392,6 +442,8 @@ class PUREConfig(AlgoConfig):
     verifiable_coef: float = 1.0  # weight of the env's verifiable reward (RLOO-centred) at the last token; 0 = PRM only
     reward_baseline: RewardBaseline = RewardBaseline.token
     mask_step_end: bool = True  # zero advantage on the tokens that carry a step reward (the reference's default)
+    # whiten the advantages over the rollout batch, zeros kept at 0 (the reference's default; algos/pure.py)
+    whiten_advantages: bool = True
 
 
 class BudgetPrior(StrEnum):
@@ -422,7 +474,7 @@ class BRPOConfig(AlgoConfig):
     summary_method: SummaryMethod = SummaryMethod.brpo
     v1_discount: float = 2.0  # V1 weighs the score of earlier budget j by v1_discount ** j
     summary_max_tokens: int = 128
-    truncated_suffix: str = "\n\n...\n\n</think>\n\n**Final Answer**\n"  # after thinking cut at a budget
+    truncated_suffix: str = "...\n\n...\n\n</think>\n\n**Final Answer**\n"  # after thinking cut at a budget (reference)
     finished_suffix: str = "\n\n</think>\n\n**Final Answer**\n"  # after thinking that ended by itself
 
 
@@ -777,6 +829,19 @@ def _validate_algo_extras(algo: DictConfig) -> None:
     if "similarity_threshold" in algo:
         t = algo.similarity_threshold
         _require(0.0 < t <= 1.0, f"algo.similarity_threshold must be in (0, 1], got {t}")
+    if algo.get("penalty_rule") == "row" and algo.get("sequence") == "trajectory":
+        raise ConfigError(
+            "algo.penalty_rule=row scores each step row apart, which GAE over the whole trajectory cannot: set "
+            "algo.sequence=step (verl-agent's PPO) or keep algo.penalty_rule=folded (the penalty in the step reward)"
+        )
+    if algo.get("penalty_rule") == "row" and algo.get("episode_stats") == "trajectory":
+        # the rows of one trajectory then score differently, which trajectory statistics cannot hold: a group
+        # whose trajectories all return the same would divide the penalty by eps
+        raise ConfigError(
+            "algo.penalty_rule=row scores each step row apart, so the group statistics must be over step rows: "
+            "set algo.episode_stats=step_rows (verl-agent), or keep episode_stats=trajectory with "
+            "algo.penalty_rule=folded (the penalty inside the step reward and the return)"
+        )
     if algo.get("critic_path"):
         from pathlib import Path
 
@@ -846,6 +911,11 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.algo.kl_coef >= 0, f"algo.kl_coef must be >= 0, got {cfg.algo.kl_coef}")
     _require(cfg.algo.ppo_epochs >= 1, f"algo.ppo_epochs must be >= 1, got {cfg.algo.ppo_epochs}")
     _require(cfg.algo.minibatch_size >= 1, f"algo.minibatch_size must be >= 1, got {cfg.algo.minibatch_size}")
+    _require(
+        cfg.algo.dual_clip is None or cfg.algo.dual_clip > 1,
+        f"algo.dual_clip must be > 1 (verl uses 3.0) or null to turn it off, got {cfg.algo.dual_clip}",
+    )
+    _require(cfg.algo.entropy_coef >= 0, f"algo.entropy_coef must be >= 0, got {cfg.algo.entropy_coef}")
     _validate_algo_extras(cfg.algo)
     _validate_preference(cfg)
     _require(

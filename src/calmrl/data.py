@@ -7,6 +7,10 @@ learners) reads and writes only the batch.
 Token layout of row n: `input_ids[n] = prompt tokens + response tokens + right padding`. Per-token
 tensors are aligned with `input_ids`: `old_logprobs[n, t]` is the sampling log-prob of token t, and it
 is nonzero only where `response_mask[n, t] == 1`.
+
+The invalid-action penalty is kept apart from the env's rewards (`Step.penalty`, `Batch.penalty`): how it
+enters credit assignment is the method's choice (`apply_penalty_rule`): folded into the step reward, or, as
+verl-agent does for its group estimators, subtracted from the offending row's own score and return alone.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ class Step:
     logprobs: list[float]  # sampling log-prob of each response token
     response_text: str
     action: str | None  # parsed action, None when the response failed the format check
-    reward: float  # env reward plus the invalid-action penalty
+    reward: float  # the env's reward for this step (0 when the action never reached the env)
     anchor: str  # the env state this step acted from (GiGPO step grouping)
     invalid: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    penalty: float = 0.0  # what the invalid action costs (env.invalid_penalty when invalid), kept apart
 
 
 @dataclass
@@ -41,9 +46,14 @@ class Trajectory:
     category: str | None = None  # the env's category of the episode (Observation.category / info["category"])
 
     @property
-    def episode_return(self) -> float:
-        """Undiscounted sum of step rewards."""
+    def env_return(self) -> float:
+        """Undiscounted sum of the env's step rewards."""
         return float(sum(s.reward for s in self.steps))
+
+    @property
+    def episode_return(self) -> float:
+        """What the episode earned: the env's rewards minus the invalid-action penalties."""
+        return float(sum(s.reward - s.penalty for s in self.steps))
 
 
 @dataclass
@@ -52,13 +62,15 @@ class Batch:
     attention_mask: torch.Tensor  # [N, L] int64
     response_mask: torch.Tensor  # [N, L] float, 1 on response tokens
     old_logprobs: torch.Tensor  # [N, L] float, sampling log-probs on response tokens
-    rewards: torch.Tensor  # [N] float, each step's reward
+    rewards: torch.Tensor  # [N] float, each step's reward (the env's, + shaping; + penalty once folded)
     uid: torch.Tensor  # [N] int64, group of the row's trajectory
     traj: torch.Tensor  # [N] int64, trajectory index (unique across the batch)
     step: torch.Tensor  # [N] int64, position of the step in its trajectory
     anchor: torch.Tensor  # [N] int64, id of the anchor state (equal ids = identical state)
     invalid: torch.Tensor  # [N] bool
-    episode_return: torch.Tensor  # [N] float, return of the row's trajectory (same for all its steps)
+    episode_return: torch.Tensor  # [N] float, sum of `rewards` over the row's trajectory (same for all its steps)
+    penalty: torch.Tensor | None = None  # [N] float, the row's invalid-action penalty while not folded; else 0
+    has_answer: torch.Tensor | None = None  # [N] bool, False where the env had no answer to verify (info["has_answer"])
     anchor_text: list[str] = field(default_factory=list)  # [N] raw anchors, for similarity grouping
     token_rewards: torch.Tensor | None = None  # [N, L] float, dense token rewards from a shaper
     token_reward_mask: torch.Tensor | None = None  # [N, L] bool, tokens a shaper put a reward on (PRM step ends)
@@ -111,12 +123,14 @@ def build_batch(trajectories: list[Trajectory], pad_token_id: int) -> Batch:
         response_mask=response_mask,
         old_logprobs=old_logprobs,
         rewards=torch.tensor([s.reward for *_, s in rows], dtype=torch.float32),
+        penalty=torch.tensor([s.penalty for *_, s in rows], dtype=torch.float32),
+        has_answer=torch.tensor([bool(s.info.get("has_answer", True)) for *_, s in rows]),
         uid=torch.tensor([t.uid for _, _, t, _ in rows]),
         traj=torch.tensor([ti for ti, *_ in rows]),
         step=torch.tensor([si for _, si, *_ in rows]),
         anchor=anchors,
         invalid=torch.tensor([s.invalid for *_, s in rows]),
-        episode_return=torch.tensor([t.episode_return for _, _, t, _ in rows], dtype=torch.float32),
+        episode_return=torch.tensor([t.env_return for _, _, t, _ in rows], dtype=torch.float32),
         anchor_text=[s.anchor for *_, s in rows],
     )
 
@@ -139,9 +153,44 @@ def fold_shaping(batch: Batch, keep_token_rewards: bool) -> Batch:
     if token_rewards is not None and not keep_token_rewards:
         rewards = rewards + (token_rewards * batch.response_mask).sum(dim=1).to(rewards.dtype)
         token_rewards = None
-    episode_return = torch.zeros(int(batch.traj.max()) + 1, dtype=rewards.dtype).index_add_(0, batch.traj, rewards)
     out = Batch(**vars(batch))
     out.rewards, out.env_rewards, out.token_rewards = rewards, env_rewards, token_rewards
-    out.episode_return = episode_return[batch.traj]
+    out.episode_return = trajectory_sums(rewards, batch.traj)
     out.step_bonus = None  # folded: a second call must not add it again
     return out
+
+
+#: how the invalid-action penalty enters credit assignment (`algo.penalty_rule`)
+PENALTY_RULES = ("folded", "row")
+
+
+def penalty_rule(algo_cfg: Any) -> str:
+    """The algo config's `penalty_rule`; methods whose schema has none fold the penalty into the reward."""
+    return str(algo_cfg.get("penalty_rule", "folded"))
+
+
+def apply_penalty_rule(batch: Batch, rule: str) -> Batch:
+    """Put the invalid-action penalty where the method's rule says.
+
+    folded: the penalty is part of the offending step's reward, rewards'[n] = rewards[n] - penalty[n], so it
+        enters the episode return and, discounted, the returns of every earlier step; `penalty` becomes 0.
+    row:    the batch is left as it is: rewards and returns stay the env's, and an estimator that knows the
+        rule subtracts `penalty[n]` from row n's own score and return only (verl-agent's
+        `apply_invalid_action_penalty`). Estimators read `penalty` either way: after folding it is 0.
+    """
+    if rule not in PENALTY_RULES:
+        raise ValueError(f"penalty rule must be one of {PENALTY_RULES}, got {rule!r}")
+    if rule == "row" or batch.penalty is None or not bool(batch.penalty.any()):
+        return batch
+    out = Batch(**vars(batch))
+    out.rewards = batch.rewards - batch.penalty.to(batch.rewards.dtype)
+    out.episode_return = trajectory_sums(out.rewards, batch.traj)
+    out.penalty = torch.zeros_like(batch.penalty)
+    return out
+
+
+def trajectory_sums(values: torch.Tensor, traj: torch.Tensor) -> torch.Tensor:
+    """[N]: the sum of `values` [N] over each row's trajectory (`traj` [N] int64), summed in float64 so the
+    order of rows cannot change the float32 result."""
+    total = torch.zeros(int(traj.max()) + 1, dtype=torch.float64).index_add_(0, traj, values.double())
+    return total[traj].to(values.dtype)

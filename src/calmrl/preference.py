@@ -250,6 +250,24 @@ def load_or_compute_reference(path: Path, key: str, compute, message=print) -> t
     return cache, False
 
 
+def templated_prompt_ids(tokenizer, template: str, prompt: str, max_length: int) -> list[int]:
+    """Token ids of `template` with `prompt` in its `{prompt}` slot, at most `max_length` of them.
+
+    When it is too long, the prompt is cut (keeping its end, as every prompt is) and the template's own text is
+    kept whole: cutting the joined text from the left would drop T-REG's instruction first, and a prompt at the
+    limit would then be scored identically after "improve" and "worsen" (every r_hat_t exactly 0).
+    """
+    ids = tokenizer(treg_prompts(prompt, template, template)[0], add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_length:
+        return ids
+    before, _, after = template.partition("{prompt}")
+    head = tokenizer(before, add_special_tokens=False)["input_ids"] if before else []
+    tail = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+    room = max(max_length - len(head) - len(tail), 0)
+    body = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return (head + (body[-room:] if room else []) + tail)[-max_length:]
+
+
 def compute_reference(
     ref_model, tokenizer, pairs: list[PreferencePair], data: TokenizedPairs, algo_cfg, batch_size: int
 ) -> ReferenceCache:
@@ -263,9 +281,8 @@ def compute_reference(
         return cache
     better, worse = [], []
     for p in pairs:
-        b, w = treg_prompts(p.prompt, algo_cfg.better_template, algo_cfg.worse_template)
-        better.append(tokenizer(b, add_special_tokens=False)["input_ids"][-algo_cfg.max_prompt_length :])
-        worse.append(tokenizer(w, add_special_tokens=False)["input_ids"][-algo_cfg.max_prompt_length :])
+        better.append(templated_prompt_ids(tokenizer, algo_cfg.better_template, p.prompt, algo_cfg.max_prompt_length))
+        worse.append(templated_prompt_ids(tokenizer, algo_cfg.worse_template, p.prompt, algo_cfg.max_prompt_length))
     for name, responses in (("chosen", data.chosen), ("rejected", data.rejected)):
         lb = response_logprobs(ref_model, better, responses, pad, batch_size)
         lw = response_logprobs(ref_model, worse, responses, pad, batch_size)

@@ -23,8 +23,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from calmrl.algos import ALGOS
+from calmrl.algos.segments import group_index
 from calmrl.config import ConfigError
-from calmrl.data import build_batch, fold_shaping
+from calmrl.data import apply_penalty_rule, build_batch, fold_shaping, penalty_rule
 from calmrl.envs import make_env, make_pool
 from calmrl.learners.checkpoint import Checkpoint, CheckpointManager, restore_rng
 from calmrl.learners.critic import ValueModel
@@ -254,6 +255,7 @@ class Trainer:
         # a shaper may count its own work (judge requests, cache hits, failures) as `metrics()`
         shaping = {**_shaping_metrics(batch), **getattr(self.shaper, "metrics", dict)()}
         batch = fold_shaping(batch, keep_token_rewards=self.advantage_fn.reads_token_rewards)
+        batch = apply_penalty_rule(batch, penalty_rule(cfg.algo))
         if "ref_logprobs" in self.advantage_fn.requires:
             batch.ref_logprobs = self.learner.reference_logprobs(batch)
         if "values" in self.advantage_fn.requires:
@@ -274,6 +276,9 @@ class Trainer:
             update = {**update, "perf/weight_sync_s": time.perf_counter() - t3}
 
         adv_rows = batch.advantages.sum(1) / batch.response_mask.sum(1).clamp(min=1)
+        # how often states repeat inside a group: what step-level credit (GiGPO's anchor groups) can use
+        anchor_group, _ = group_index(batch.uid, batch.anchor)
+        anchor_group_size = torch.bincount(anchor_group)[anchor_group].float()
         metrics = {
             "rollout/success_rate": float(np.mean([t.success for t in trajs])),
             "rollout/episode_return": float(np.mean([t.episode_return for t in used])) if used else 0.0,
@@ -286,6 +291,8 @@ class Trainer:
             "credit/adv_std": float(adv_rows.std()) if len(adv_rows) > 1 else 0.0,
             "credit/adv_abs_max": float(adv_rows.abs().max()),
             "credit/zero_adv_frac": float((adv_rows == 0).float().mean()),
+            "credit/anchor_group_size": float(anchor_group_size.mean()),
+            "credit/repeated_anchor_frac": float((anchor_group_size > 1).float().mean()),
             **shaping,
             **update,
             **algo_metrics,

@@ -71,6 +71,8 @@ def test_paper_preset_composes(workdir):
         "kl_coef: 0.01",
         "group_size: 8",
         "num_groups: 16",
+        "dual_clip: 3.0",
+        "penalty_rule: row",
         "temperature: 1.0",
         "eval_temperature: 0.4",
     ):

@@ -46,7 +46,9 @@ def test_paper_preset_composes(workdir):
         "lr: 1.0e-06",
         "kl_coef: 0.01",
         "group_size: 8",
-        "num_groups: 16",
+        "num_groups: 6",  # run_webshop.sh: data.train_batch_size=6
+        "norm_adv: mean",  # gigpo.mode=mean_norm
+        "penalty_rule: row",
         "temperature: 1.0",
         "eval_temperature: 0.4",
     ):

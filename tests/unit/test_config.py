@@ -37,11 +37,23 @@ def test_default_composes_and_validates():
         ("trainer.total_iters=0", "trainer.total_iters must be >= 1"),
         ("policy.template.history_len=-1", "policy.template.history_len must be >= 0"),
         ("policy.path=/nonexistent/model", "is not a directory"),
+        ("algo.dual_clip=0.5", "algo.dual_clip must be > 1"),
+        ("algo.entropy_coef=-0.1", "algo.entropy_coef must be >= 0"),
+        ("algo.penalty_rule=row", "set algo.episode_stats=step_rows"),
     ],
 )
 def test_validate_rejects_with_the_fix(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         validate(make(override))
+
+
+def test_penalty_rule_is_a_choice_of_the_group_estimators_only():
+    validate(make("algo.episode_stats=step_rows", "algo.penalty_rule=row", "algo.singleton=raw"))  # verl-agent's
+    with pytest.raises(Exception, match="penalty_rule"):  # ma_ppo puts the penalty in its token rewards
+        make("algo=ma_ppo", "algo.penalty_rule=row")
+    with pytest.raises(Exception) as err:  # a wrong value names the choices
+        make("algo.penalty_rule=both")
+    assert "expected one of [row, folded]" in _full_message(err.value)
 
 
 def _full_message(exc: BaseException) -> str:
@@ -64,3 +76,17 @@ def test_type_errors_fail_at_compose_time():
 def test_unknown_key_is_rejected():
     with pytest.raises(Exception, match="lrr"):
         make("algo.lrr=1")
+
+
+@pytest.mark.parametrize(
+    "experiment, algo",
+    [("gigpo_alfworld_1.5b", a) for a in ("gigpo", "grpo", "rloo")]
+    + [("gigpo_webshop_1.5b", a) for a in ("gigpo", "grpo")],
+)
+def test_gigpo_presets_follow_verl_agent_and_take_their_baselines(experiment, algo):
+    cfg = make(f"experiment={experiment}", f"algo={algo}")
+    assert cfg.algo.name == algo and cfg.algo.lr == 1e-6 and cfg.algo.kl_coef == 0.01
+    assert (cfg.algo.dual_clip, cfg.algo.entropy_coef, str(cfg.algo.penalty_rule)) == (3.0, 0.001, "row")
+    assert str(cfg.algo.episode_stats) == "step_rows" and cfg.learner.weight_decay == 0.01
+    assert cfg.trainer.total_iters == 150 and cfg.trainer.eval_every == 5  # the preset's, not train.yaml's
+    assert cfg.algo.get("norm_adv", "std") == ("mean" if "webshop" in experiment else "std")

@@ -13,6 +13,7 @@ from calmrl.preference import (
     pair_order,
     response_logprobs,
     split_pairs,
+    templated_prompt_ids,
     tokenize_pairs,
 )
 
@@ -130,3 +131,47 @@ def test_reference_cache_is_computed_once_and_keyed(tiny_policy, tmp_path):
     assert torch.allclose(first.chosen, torch.stack([x.sum() for x in lp]))
     assert [len(r) for r in first.chosen_rewards] == [len(c) for c in data.chosen]
     assert all(((r > -0.5) & (r < 0.5)).all() for r in first.chosen_rewards + first.rejected_rewards)
+
+
+# ---------------------------------------------------------------- T-REG's contrastive prompts at the length limit
+# The wrapped prompt must fit `algo.max_prompt_length`; cutting the joined text from the left (as an earlier
+# version did) drops the instruction first, and a prompt that fills the limit was then scored identically after
+# "improve" and "worsen": every r_hat_t exactly 0, the pair trained as plain DPO.
+TREG_BETTER, TREG_WORSE = "north north {prompt}", "south south {prompt}"  # words of the tiny policy's vocabulary
+TREG_PAIR = PreferencePair("goal north east west", " north", " south")
+
+
+def _token_rewards(model, tok, max_prompt_length: int):
+    data = tokenize_pairs([TREG_PAIR], tok, max_length=64, max_prompt_length=max_prompt_length)
+    cfg = OmegaConf.create(
+        {"max_prompt_length": max_prompt_length, "better_template": TREG_BETTER, "worse_template": TREG_WORSE}
+    )
+    ref = compute_reference(model, tok, [TREG_PAIR], data, cfg, batch_size=4)
+    return ref.chosen_rewards[0].tolist() + ref.rejected_rewards[0].tolist()
+
+
+def _prompt_len(tok) -> int:
+    return len(tok(TREG_PAIR.prompt, add_special_tokens=False)["input_ids"])
+
+
+def test_treg_rewards_are_nonzero_when_the_instruction_fits(tiny_policy):
+    model, tok = tiny_policy
+    assert _prompt_len(tok) >= 2
+    rewards = _token_rewards(model, tok, max_prompt_length=_prompt_len(tok) + 8)
+    assert any(abs(r) > 0 for r in rewards)  # the two instructions differ, so the reference scores differ
+
+
+def test_treg_instruction_survives_a_prompt_at_the_length_limit(tiny_policy):
+    model, tok = tiny_policy
+    rewards = _token_rewards(model, tok, max_prompt_length=_prompt_len(tok))
+    assert any(abs(r) > 0 for r in rewards)
+
+
+def test_templated_prompt_keeps_the_instruction_and_the_prompt_end(tiny_policy):
+    _, tok = tiny_policy
+    ids = templated_prompt_ids(tok, TREG_BETTER, TREG_PAIR.prompt, max_length=_prompt_len(tok))
+    instruction = tok("north north ", add_special_tokens=False)["input_ids"]
+    assert len(ids) == _prompt_len(tok) and ids[: len(instruction)] == instruction
+    assert tok.decode(ids).endswith("west")  # the prompt keeps its end
+    fits = templated_prompt_ids(tok, TREG_BETTER, TREG_PAIR.prompt, max_length=64)  # no cut: the joined text's tokens
+    assert fits == tok(TREG_BETTER.format(prompt=TREG_PAIR.prompt), add_special_tokens=False)["input_ids"]

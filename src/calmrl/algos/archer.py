@@ -5,8 +5,11 @@ High level, one transition per turn: an off-policy utterance-level critic on (st
 twin Q and twin V heads and soft-updated target networks (see `calmrl.learners.archer_critic`), trained
 from a FIFO replay buffer of text transitions (s, a, r, s', done):
 
-    y_Qi = r + gamma * (1 - done) * Vbar_i(s'),   y_V = min(Qbar_1, Qbar_2)(s, a'),  a' ~ pi(. | s)
+    y_Qi = r + gamma * (1 - done) * Vbar_i(s'),   y_Vi = Qbar_i(s, a'),  a' ~ pi(. | s)
     gamma = 0.95, tau = 0.1; `critic_steps` minibatches of `critic_batch_size` per iteration.
+
+Each twin regresses onto its own twin's target, as the reference's `ArcherTrainer.critic_loss` does; the
+min over twins appears only in the advantage below.
 
 Low level, the token-level actor: REINFORCE on the log-probs of every token of utterance a with the
 utterance-level advantage of the current critic,
@@ -41,6 +44,7 @@ from calmrl.learners.archer_critic import (
     Transition,
     UtteranceCritic,
     build_tiny_encoder,
+    critic_losses,
     critic_targets,
     make_target,
     soft_update,
@@ -88,7 +92,8 @@ class ArcherState:
             )
         self.critic = UtteranceCritic.from_pretrained(path, int(cfg.max_length)).to(device)
         self.target = make_target(self.critic)
-        self.optimizer = torch.optim.AdamW(self.critic.parameters(), lr=float(cfg.critic_lr))
+        # plain Adam, no weight decay: the reference's critic optimizer
+        self.optimizer = torch.optim.Adam(self.critic.parameters(), lr=float(cfg.critic_lr))
         self.buffer = ReplayBuffer(int(cfg.replay_capacity))
         self.generator = torch.Generator().manual_seed(int(seed))
         self.row_advantages: torch.Tensor | None = None  # [N] for the batch last given to `observe`
@@ -129,12 +134,10 @@ class ArcherState:
             pi_actions = sample(states) if sample is not None else actions
             tq1, tq2, _, _ = self.target(states, pi_actions)
             nv1, nv2 = self.target.values([t.next_state for t in batch])
-            y_q1, y_q2, y_v = critic_targets(reward, done, nv1, nv2, tq1, tq2, float(self.cfg.gamma))
+            targets = critic_targets(reward, done, nv1, nv2, tq1, tq2, float(self.cfg.gamma))
         self.critic.train()
         q1, q2, v1, v2 = self.critic(states, actions)
-        mse = torch.nn.functional.mse_loss
-        q_loss = mse(q1, y_q1) + mse(q2, y_q2)
-        v_loss = mse(v1, y_v) + mse(v2, y_v)
+        q_loss, v_loss = critic_losses(q1, q2, v1, v2, *targets)
         loss = q_loss + v_loss
         self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
@@ -152,6 +155,7 @@ class ArcherState:
             "critic/q_loss": float(q_loss.detach()),
             "critic/v_loss": float(v_loss.detach()),
             "critic/q_mean": float(torch.minimum(q1, q2).mean().detach()),
+            "critic/v_mean": float(torch.minimum(v1, v2).mean().detach()),  # the advantage's baseline
             "critic/grad_norm": grad_norm,
         }
 

@@ -5,24 +5,29 @@ Rows are steps (one model turn each); the G trajectories sampled for one task sh
 Two nested groupings give each step an advantage A = A^E + omega * A^S:
 
 Episode level (Eq. 3), GRPO over the undiscounted trajectory returns R_i = sum_t r_{i,t} in the group:
-    A^E_i = (R_i - mean_j R_j) / (std_j R_j + eps)        norm="std"
-    A^E_i =  R_i - mean_j R_j                             norm="mean"
-    episode_stats="trajectory": one member per trajectory (the paper's definition);
-    episode_stats="step_rows": one member per step row, so long trajectories weigh more in the mean and
-    std (what the public reference code does).
+    A^E_i = (R_i - mean_j R_j) / (std_j R_j + eps)        norm="std"   (verl-agent: mean_std_norm)
+    A^E_i =  R_i - mean_j R_j                             norm="mean"  (verl-agent: mean_norm)
+    episode_stats="step_rows" (default): one member per step row, so long trajectories weigh more in the
+    mean and std (verl-agent's `episode_norm_reward`, compute_mean_std_cross_steps=True);
+    episode_stats="trajectory": one member per trajectory (the paper's Eq. 3).
+    A one-member group keeps its raw score (singleton="raw": verl-agent's mean 0, std 1) or gets 0.
 
 Step level (Eqs. 5-7): within a group, the steps acting from the same anchor state (the raw env
 observation, without history) form a step group, across trajectories and across revisits inside one
 trajectory. Each step's value is its discounted return from that step,
     G_t = sum_k gamma^k r_{t+k}        (gamma = 0.95)
     A^S_t = (G_t - mean_stepgroup G) / (std_stepgroup G + eps)   (G_t - mean for norm="mean")
-A group (episode or step) of one member gets 0; std is the unbiased sample std.
+A step group of one member gets 0; std is the unbiased sample std.
 
-Anchors are `exact` (equal strings) or `similarity` (anchor texts whose rapidfuzz ratio >= threshold,
-default 0.9, clustered greedily inside each group; see `similarity_anchor_ids`).
+Anchors are `exact` (equal strings) or `similarity` (anchor texts whose similarity >= threshold, 0.95,
+clustered greedily inside each group as verl-agent's `build_step_group` does; see `similarity_anchor_ids`).
 
-The invalid-action penalty of the paper (-0.1 for a format-invalid response) is not applied here: the
-rollout already folds `env.invalid_penalty` into each step's reward, so `batch.rewards` carries it.
+The invalid-action penalty c (env.invalid_penalty, 0.1) follows verl-agent's `apply_invalid_action_penalty`
+by default (penalty_rule=row): the returns above are of the env's rewards only, and then the offending row
+alone loses c from its episode score and from its step return,
+    score_n = R_traj(n) - c [n invalid]          G'_n = G_n - c [n invalid]
+so the penalty is never discounted into earlier steps' returns nor summed into other rows' scores.
+penalty_rule=folded puts it in the step reward instead (then `penalty` is 0 here and rewards carry it).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import torch
 
 from calmrl.algos.registry import register
 from calmrl.algos.segments import (
+    EPISODE_STATS,
     discounted_reverse_cumsum,
     first_row_of_each,
     group_index,
@@ -39,7 +45,7 @@ from calmrl.algos.segments import (
     to_tokens,
 )
 
-EPISODE_STATS = ("trajectory", "step_rows")
+SIMILARITY_SCORERS = ("difflib", "indel")
 
 
 def gigpo_advantages(
@@ -48,23 +54,27 @@ def gigpo_advantages(
     traj: torch.Tensor,
     step: torch.Tensor,
     anchor: torch.Tensor,
+    penalty: torch.Tensor | None = None,
     gamma: float = 0.95,
     omega: float = 1.0,
     norm: str = "std",
-    episode_stats: str = "trajectory",
+    episode_stats: str = "step_rows",
+    singleton: str = "raw",
     eps: float = 1e-6,
 ) -> torch.Tensor:
     """Per-step GiGPO advantages A^E + omega * A^S (see the module docstring).
 
-    rewards: [N] float, each step's reward. uid: [N] int64 group (task) of the row's trajectory.
+    rewards: [N] float, each step's reward (the env's). uid: [N] int64 group (task) of the row's trajectory.
     traj: [N] int64 trajectory id (unique across the batch). step: [N] int64 position of the row in its
     trajectory (0..len-1). anchor: [N] int64 id of the state the step acted from (equal ids = same state;
-    step groups are rows sharing (uid, anchor)). Rows may come in any order. Returns [N] float.
+    step groups are rows sharing (uid, anchor)). penalty: [N] float, the row's own invalid-action penalty
+    (None = 0). Rows may come in any order. Returns [N] float.
     Vectorized: group ids via `torch.unique`, segment reductions; only the return scan loops (over time).
     """
     n = rewards.numel()
-    if not all(t.numel() == n for t in (uid, traj, step, anchor)):
-        raise ValueError("rewards, uid, traj, step and anchor must all have N elements")
+    penalty = torch.zeros(n) if penalty is None else penalty.float()
+    if not all(t.numel() == n for t in (uid, traj, step, anchor, penalty)):
+        raise ValueError("rewards, uid, traj, step, anchor and penalty must all have N elements")
     if episode_stats not in EPISODE_STATS:
         raise ValueError(f"episode_stats must be one of {EPISODE_STATS}, got {episode_stats!r}")
     if norm not in ("std", "mean"):
@@ -77,31 +87,41 @@ def gigpo_advantages(
     rep, inverse = first_row_of_each(traj)  # one row per trajectory; inverse: row -> trajectory
     returns = torch.zeros(rep.numel(), dtype=torch.float64).index_add_(0, inverse, rewards.double()).float()
     if episode_stats == "trajectory":
-        episode = normalize_in_groups(returns, uid[rep], norm=norm, eps=eps)[inverse]
+        if bool(penalty.any()):
+            raise ValueError("episode_stats=trajectory needs the penalty folded into the rewards (penalty_rule=folded)")
+        episode = normalize_in_groups(returns, uid[rep], norm=norm, eps=eps, singleton=singleton)[inverse]
     else:
-        episode = normalize_in_groups(returns[inverse], uid, norm=norm, eps=eps)
+        episode = normalize_in_groups(returns[inverse] - penalty, uid, norm=norm, eps=eps, singleton=singleton)
 
-    # Step level: discounted return-to-go, normalized among the rows of the same (uid, anchor).
-    to_go = discounted_reverse_cumsum(rewards, traj, step, gamma)
+    # Step level: discounted return-to-go (less the row's own penalty), normalized among the rows of the
+    # same (uid, anchor); a step group of one has nothing to compare with and gets 0, as in verl-agent.
+    to_go = discounted_reverse_cumsum(rewards, traj, step, gamma) - penalty
     step_group, _ = group_index(uid, anchor)
     step_level = normalize_in_groups(to_go, step_group, norm=norm, eps=eps)
     return episode + omega * step_level
 
 
-def similarity_anchor_ids(texts: list[str], uid: torch.Tensor, threshold: float = 0.9) -> torch.Tensor:
+def similarity_anchor_ids(
+    texts: list[str], uid: torch.Tensor, threshold: float = 0.95, scorer: str = "difflib"
+) -> torch.Tensor:
     """Anchor ids from greedy similarity clustering of anchor texts within each uid group.
 
     Per group, the distinct texts in order of first appearance are visited once each: a text joins the
     first existing cluster whose representative (its first member) has similarity >= threshold, else it
-    founds a new cluster. Similarity is rapidfuzz `fuzz.ratio / 100` (normalized Indel, i.e. LCS based),
-    computed for all pairs of the group's distinct texts with one `process.cdist` call; comparisons allow
-    1e-9 of float rounding. Identical texts always share a cluster; clusters never span groups.
+    founds a new cluster. Visiting distinct texts instead of rows (as verl-agent's `build_step_group` does)
+    changes nothing: a repeated text meets the same representatives in the same order and joins the cluster
+    its first occurrence joined. Identical texts always share a cluster; clusters never span groups.
+
+    scorer="difflib": `difflib.SequenceMatcher(None, text, representative).ratio()`, exactly verl-agent's
+    `are_similar` (argument order included: the ratio is not symmetric), one pair at a time.
+    scorer="indel": rapidfuzz `fuzz.ratio / 100` (normalized Indel, LCS based; >= difflib's ratio, equal on
+    most texts), every pair of the group's distinct texts in one `process.cdist` call, 1e-9 of float slack.
 
     texts: [N] strings; uid: [N] int64. Returns [N] int64 dense ids, one per (uid, cluster), numbered in
     order of first appearance.
     """
-    from rapidfuzz import fuzz, process
-
+    if scorer not in SIMILARITY_SCORERS:
+        raise ValueError(f"similarity scorer must be one of {SIMILARITY_SCORERS}, got {scorer!r}")
     uids = uid.tolist()
     if len(texts) != len(uids):
         raise ValueError(f"got {len(texts)} anchor texts for {len(uids)} rows")
@@ -117,28 +137,48 @@ def similarity_anchor_ids(texts: list[str], uid: torch.Tensor, threshold: float 
             slots.append(index)
         row_key[row] = index
 
+    join = _greedy_difflib if scorer == "difflib" else _greedy_indel
     cluster_of = np.empty(len(distinct), dtype=np.int64)  # distinct pair -> global cluster id
     next_id = 0
     for group_texts, members in by_group.values():
-        m = len(group_texts)
-        local = np.zeros(m, dtype=np.int64)
-        if m > 1:
-            similar = process.cdist(group_texts, group_texts, scorer=fuzz.ratio, dtype=np.float64) / 100.0
-            similar = similar >= threshold - 1e-9
-            reps: list[int] = [0]  # representative (first member) of each cluster, in founding order
-            for i in range(1, m):
-                hits = np.flatnonzero(similar[i, reps])
-                if hits.size:
-                    local[i] = hits[0]
-                else:
-                    local[i] = len(reps)
-                    reps.append(i)
-            clusters = len(reps)
-        else:
-            clusters = m
+        local = join(group_texts, threshold)
         cluster_of[members] = local + next_id
-        next_id += clusters
+        next_id += int(local.max()) + 1
     return torch.from_numpy(cluster_of[row_key])
+
+
+def _greedy_difflib(texts: list[str], threshold: float) -> np.ndarray:
+    """Cluster of each distinct text [m], founding order, with difflib's ratio against each representative."""
+    from difflib import SequenceMatcher
+
+    local = np.zeros(len(texts), dtype=np.int64)
+    reps: list[str] = texts[:1]
+    for i in range(1, len(texts)):
+        hit = next((k for k, rep in enumerate(reps) if SequenceMatcher(None, texts[i], rep).ratio() >= threshold), None)
+        if hit is None:
+            hit = len(reps)
+            reps.append(texts[i])
+        local[i] = hit
+    return local
+
+
+def _greedy_indel(texts: list[str], threshold: float) -> np.ndarray:
+    """Cluster of each distinct text [m], founding order, from one all-pairs rapidfuzz similarity matrix."""
+    from rapidfuzz import fuzz, process
+
+    local = np.zeros(len(texts), dtype=np.int64)
+    if len(texts) < 2:
+        return local
+    similar = process.cdist(texts, texts, scorer=fuzz.ratio, dtype=np.float64) / 100.0 >= threshold - 1e-9
+    reps: list[int] = [0]  # representative (first member) of each cluster, in founding order
+    for i in range(1, len(texts)):
+        hits = np.flatnonzero(similar[i, reps])
+        if hits.size:
+            local[i] = hits[0]
+        else:
+            local[i] = len(reps)
+            reps.append(i)
+    return local
 
 
 @register("gigpo")
@@ -146,7 +186,7 @@ def gigpo(batch, cfg) -> torch.Tensor:
     """advantages [N, L]: each step's GiGPO advantage on every response token of that step.
 
     `cfg.anchor`: exact uses `batch.anchor`; similarity clusters `batch.anchor_text` within each group.
-    The invalid-action penalty is already in `batch.rewards` (env.invalid_penalty, added by the rollout).
+    `batch.penalty` holds each row's own invalid-action penalty (0 everywhere once folded into the rewards).
     """
     mode = str(cfg.anchor)
     if mode == "exact":
@@ -154,7 +194,7 @@ def gigpo(batch, cfg) -> torch.Tensor:
     elif mode == "similarity":
         if len(batch.anchor_text) != len(batch.rewards):
             raise ValueError("anchor=similarity needs batch.anchor_text (one anchor string per row)")
-        anchor = similarity_anchor_ids(batch.anchor_text, batch.uid, cfg.similarity_threshold)
+        anchor = similarity_anchor_ids(batch.anchor_text, batch.uid, cfg.similarity_threshold, str(cfg.similarity))
     else:
         raise ValueError(f"anchor must be 'exact' or 'similarity', got {mode!r}")
     adv = gigpo_advantages(
@@ -163,10 +203,12 @@ def gigpo(batch, cfg) -> torch.Tensor:
         batch.traj,
         batch.step,
         anchor,
+        penalty=batch.penalty,
         gamma=cfg.gamma,
         omega=cfg.omega,
         norm=str(cfg.norm_adv),
         episode_stats=str(cfg.episode_stats),
+        singleton=str(cfg.singleton),
         eps=cfg.eps,
     )
     return to_tokens(adv, batch.response_mask)

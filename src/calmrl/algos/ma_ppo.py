@@ -21,15 +21,27 @@ its own, so the step reward lands undiluted in r_k under `mean` aggregation.
 
 Termination (where macros start), a [N, L] bool over response tokens:
     ngram       every n tokens of a response (n = 5 in the paper; n = 1 is token-level PPO exactly)
-    random      macro lengths drawn uniformly from `random_lengths` ([1, 2, 3, 5, 10] as in the
-                reference), from torch's global generator (seeded by `seed`, restored on resume)
+    random      macro lengths from `random_lengths` ([1, 2, 3, 5, 10] as in the reference). With
+                `random_repeat: k` (the reference's `repeat_times`) each row walks a random permutation of
+                a pool holding every length k times; once the pool is used up, the rest of the response is
+                one macro (the reference's "length infinity" tail). `random_repeat: null` draws lengths
+                i.i.d. instead, which never run out. Torch's global generator (seeded by `seed`, restored on
+                resume); the reference shuffles with Python's `random`.
     parse       a token whose text contains one of `parse_chars` (punctuation, newline) ends its macro.
                 The algo sees token ids only, so the trainer builds the table "token id -> ends a macro"
-                from the tokenizer once (`MacroTokenTable`) and passes it as `state`.
-    perplexity  a macro runs while the per-token perplexity does not increase: token t starts a new
-                macro when ppl_t > ppl_{t-1}, i.e. log p_t < log p_{t-1} (the reference's `ppl_selection`
-                rule). The reference scores tokens with the reference model; here with the sampling
-                log-probs `old_logprobs`, which every batch carries.
+                from the tokenizer once (`MacroTokenTable`) and passes it as `state`. (The reference parses
+                each sentence with a constituency parser; see docs/algos/ma_ppo.md.)
+    perplexity  token t starts a macro when the next token's perplexity is higher, ppl_{t+1} > ppl_t, i.e.
+                log p_{t+1} < log p_t (the reference's `ppl_selection`): the token just before a rise opens
+                a macro, which holds the rise and the non-increasing run after it. The reference scores
+                tokens with the reference model; here with the sampling log-probs `old_logprobs`, which
+                every batch carries.
+
+Every rule then forces a start at each row's first response token and, with `last_token_macro`, makes
+its last response token a macro of its own (the reference always does). Starts are a bool mask, so they
+are unique and sorted by construction: the reference's boundary lists can repeat the last position
+(e.g. ngram when n divides the response length minus one), which inserts an empty macro that cuts the
+bootstrap; that is not reproduced.
 """
 
 from __future__ import annotations
@@ -60,18 +72,36 @@ def ngram_starts(response_mask: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def random_starts(
-    response_mask: torch.Tensor, lengths: list[int], generator: torch.Generator | None = None
+    response_mask: torch.Tensor,
+    lengths: list[int],
+    generator: torch.Generator | None = None,
+    repeat: int | None = None,
 ) -> torch.Tensor:
-    """Macro lengths drawn uniformly from `lengths`, independently per macro and row.
+    """Macro lengths drawn from `lengths`, independently per row.
 
-    response_mask: [N, L]. Returns [N, L] bool. Draws L lengths per row (enough: every length is >= 1).
+    response_mask: [N, L]. Returns [N, L] bool.
+    repeat = k: each row takes the lengths in a random order from a pool holding every length k times
+    (the reference's `randomized_ngram_selection` with `repeat_times` = k); after the pool is used up the
+    rest of the response is one macro. repeat = None: i.i.d. uniform draws, L per row (enough: every
+    length is >= 1), so the lengths never run out.
     """
     if not lengths or min(lengths) < 1:
         raise ValueError(f"random_lengths must be a non-empty list of lengths >= 1, got {list(lengths)}")
+    if repeat is not None and repeat < 1:
+        raise ValueError(f"random_repeat must be >= 1 or null, got {repeat}")
     n, width = response_mask.shape
-    choice = torch.randint(len(lengths), (n, width), generator=generator)
-    drawn = torch.tensor(list(lengths), dtype=torch.long)[choice]  # [N, L]
-    offsets = drawn.cumsum(1) - drawn  # exclusive cumsum: response index where each macro starts
+    table = torch.tensor(list(lengths), dtype=torch.long)
+    if repeat is None:
+        drawn = table[torch.randint(len(lengths), (n, width), generator=generator)]  # [N, L]
+        offsets = drawn.cumsum(1) - drawn  # exclusive cumsum: response index where each macro starts
+    else:
+        pool = table.repeat_interleave(int(repeat))  # [K]
+        # argsort of uniform noise is a uniform random permutation per row, drawn for all rows at once
+        order = torch.argsort(torch.rand(n, pool.numel(), generator=generator), dim=1)
+        drawn = pool[order]  # [N, K]
+        # The inclusive cumsum's last entry (the pool's total) is where the tail macro starts: the
+        # reference records that boundary before it stops walking the pool.
+        offsets = torch.cat([torch.zeros(n, 1, dtype=torch.long), drawn.cumsum(1)], dim=1)  # [N, K + 1]
     # starts_at[n, j] = a macro starts at response index j; offsets past the row land in a spill column
     starts_at = torch.zeros(n, width + 1, dtype=torch.bool)
     starts_at.scatter_(1, offsets.clamp(max=width), True)
@@ -92,13 +122,16 @@ def token_end_starts(input_ids: torch.Tensor, response_mask: torch.Tensor, ends_
 
 
 def perplexity_starts(logprobs: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """Token t starts a macro when its perplexity rises over token t-1's: log p_t < log p_{t-1}.
+    """Token t starts a macro when token t+1's perplexity is higher: ppl_{t+1} > ppl_t, i.e.
+    log p_{t+1} < log p_t (the reference's `ppl_selection`; ppl = exp(-log p) is monotone, so comparing
+    log-probs gives the same strict order without the exp).
 
-    logprobs, response_mask: [N, L]. Returns [N, L] bool.
+    logprobs, response_mask: [N, L]. Returns [N, L] bool. The last response token of a row has no next
+    token in its row, so it never starts a macro here (`finalize_starts` may make it one).
     """
     mask = response_mask > 0
     starts = torch.zeros_like(mask)
-    starts[:, 1:] = mask[:, 1:] & mask[:, :-1] & (logprobs[:, 1:] < logprobs[:, :-1])
+    starts[:, :-1] = mask[:, :-1] & mask[:, 1:] & (logprobs[:, 1:] < logprobs[:, :-1])
     return starts
 
 
@@ -124,6 +157,7 @@ def macro_starts(
     logprobs: torch.Tensor | None = None,
     n: int = 5,
     lengths: list[int] | tuple[int, ...] = (1, 2, 3, 5, 10),
+    repeat: int | None = None,
     ends_macro: torch.Tensor | None = None,
     last_token_macro: bool = True,
     generator: torch.Generator | None = None,
@@ -132,7 +166,7 @@ def macro_starts(
     if termination == "ngram":
         starts = ngram_starts(response_mask, n)
     elif termination == "random":
-        starts = random_starts(response_mask, list(lengths), generator)
+        starts = random_starts(response_mask, list(lengths), generator, repeat)
     elif termination == "parse":
         if ends_macro is None or input_ids is None:
             raise ValueError(
@@ -266,6 +300,8 @@ def ma_ppo(batch, cfg, state: MacroTokenTable | None = None) -> torch.Tensor:
         logprobs=batch.old_logprobs,
         n=int(cfg.ngram),
         lengths=list(cfg.random_lengths),
+        # `get`: a hand-built config without the key (the schema always has it) draws i.i.d.
+        repeat=cfg.get("random_repeat"),
         ends_macro=state.ends_macro if state is not None else None,
         last_token_macro=bool(cfg.last_token_macro),
     )

@@ -10,6 +10,11 @@ trajectory's last token is 0. Then
     A_t     = sum_k (gamma * lam)^k * delta_{t+k}          returns_t = A_t + V_t
 
 so lam = 1 gives A = (discounted reward-to-go) - V, and lam = 0 gives A = delta.
+
+`sequence=step` is verl-agent's PPO instead (the GiGPO paper's PPO baseline): every step row is a sequence of
+its own whose only reward, on its last response token, is its episode's score (the trajectory's return less the
+row's own invalid-action penalty under `penalty_rule=row`), so no value is bootstrapped across turns.
+`whiten_advantages` whitens A over the batch's response tokens as verl's `compute_gae_advantage_return` does.
 """
 
 from __future__ import annotations
@@ -78,16 +83,34 @@ def gae_advantages(
     return advantages, returns
 
 
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / sqrt(var + 1e-8) over the tokens where mask == 1 (unbiased var), 0 elsewhere, as verl's
+    `masked_whiten`. values, mask: [N, L]. Returns [N, L]."""
+    mask = mask.float()
+    count = mask.sum()
+    mean = (values * mask).sum() / count.clamp(min=1.0)
+    var = (((values - mean) * mask) ** 2).sum() / (count - 1).clamp(min=1.0)
+    return (values - mean) * torch.rsqrt(var + 1e-8) * mask
+
+
 @register("ppo", requires=("values",), reads_token_rewards=True)
 def ppo(batch, cfg) -> torch.Tensor:
     """advantages [N, L] from GAE; also fills batch.returns [N, L], the critic's regression targets."""
     if batch.values is None:
         raise ValueError("ppo needs critic values; the trainer fills batch.values from the critic")
-    rewards = on_last_token(batch.rewards, batch.response_mask)
+    if str(cfg.get("sequence", "trajectory")) == "step":
+        penalty = batch.penalty if batch.penalty is not None else torch.zeros_like(batch.episode_return)
+        rewards = on_last_token(batch.episode_return - penalty, batch.response_mask)
+        seq, step = torch.arange(len(batch)), torch.zeros_like(batch.step)  # every row its own sequence
+    else:
+        rewards = on_last_token(batch.rewards, batch.response_mask)
+        seq, step = batch.traj, batch.step
     if batch.token_rewards is not None:
         rewards = rewards + batch.token_rewards * batch.response_mask
     advantages, returns = gae_advantages(
-        rewards, batch.values, batch.response_mask, batch.traj, batch.step, gamma=cfg.gamma, lam=cfg.lam
+        rewards, batch.values, batch.response_mask, seq, step, gamma=cfg.gamma, lam=cfg.lam
     )
-    batch.returns = returns
+    batch.returns = returns  # verl regresses the critic on the returns before whitening, as here
+    if cfg.get("whiten_advantages", False):
+        advantages = masked_whiten(advantages, batch.response_mask)
     return advantages

@@ -11,8 +11,8 @@ Dense rewards from a shaper (`batch.token_rewards`) are added to r_t before the 
 
 Multi-turn convention: a batch has one row per step (model turn). Each step row is treated as its own
 sequence: the return does not flow across turns, and the outcome added at a step's last response token is
-its trajectory's `episode_return`, so every step of a trajectory shares the outcome (the same convention as
-`algo=grpo` here, where every step carries its trajectory's advantage).
+its trajectory's `episode_return`, less the row's own invalid-action penalty (`penalty_rule=row`, as verl-agent
+puts the penalty on the offending row's last token), so the steps of a trajectory share the outcome.
 """
 
 from __future__ import annotations
@@ -72,11 +72,13 @@ def reinforce_pp_advantages(
 @register("reinforce_pp", requires=("ref_logprobs",), reads_token_rewards=True)
 def reinforce_pp(batch, cfg) -> torch.Tensor:
     """advantages [N, L]: REINFORCE++ whitened token returns; each step row's outcome is its trajectory's
-    episode return (see the module docstring for the multi-turn convention)."""
+    episode return less the row's own invalid-action penalty (penalty_rule=row, verl-agent; 0 once folded),
+    see the module docstring for the multi-turn convention."""
     if batch.ref_logprobs is None:
         raise ValueError("reinforce_pp needs reference log-probs; the trainer fills batch.ref_logprobs")
+    outcome = batch.episode_return if batch.penalty is None else batch.episode_return - batch.penalty
     rewards = reinforce_pp_token_rewards(
-        batch.episode_return, batch.old_logprobs, batch.ref_logprobs, batch.response_mask, float(cfg.kl_beta)
+        outcome, batch.old_logprobs, batch.ref_logprobs, batch.response_mask, float(cfg.kl_beta)
     )
     if batch.token_rewards is not None:
         rewards = rewards + batch.token_rewards.float() * batch.response_mask

@@ -48,13 +48,22 @@ def segment_mean_std(values: torch.Tensor, ids: torch.Tensor, num_groups: int):
     return mean, std, count
 
 
-def normalize_in_groups(values: torch.Tensor, ids: torch.Tensor, norm: str = "std", eps: float = 1e-6) -> torch.Tensor:
-    """(x - mean_group) / (std_group + eps), or x - mean_group for norm="mean"; 0 for groups of one.
+SINGLETON_RULES = ("zero", "raw")
 
+
+def normalize_in_groups(
+    values: torch.Tensor, ids: torch.Tensor, norm: str = "std", eps: float = 1e-6, singleton: str = "zero"
+) -> torch.Tensor:
+    """(x - mean_group) / (std_group + eps), or x - mean_group for norm="mean".
+
+    A group of one has no statistics: singleton="zero" gives it 0; singleton="raw" gives it mean 0 and std 1,
+    i.e. x / (1 + eps) (x for norm="mean"), as the verl / verl-agent group estimators do.
     values: [N] float, ids: [N] int64 (any integers; made dense here). Returns [N].
     """
     if norm not in ("std", "mean"):
         raise ValueError(f"norm must be 'std' or 'mean', got {norm!r}")
+    if singleton not in SINGLETON_RULES:
+        raise ValueError(f"singleton must be one of {SINGLETON_RULES}, got {singleton!r}")
     if values.numel() == 0:
         return values.float()
     dense, num = group_index(ids)
@@ -68,7 +77,9 @@ def normalize_in_groups(values: torch.Tensor, ids: torch.Tensor, norm: str = "st
     centered = shifted - mean[dense]
     if norm == "std":
         centered = torch.where(centered == 0, centered, centered / (std[dense] + eps))  # 0/0 when eps = 0
-    return torch.where(count[dense] > 1, centered, torch.zeros_like(centered))
+    alone = values.float() / (1.0 + eps) if norm == "std" else values.float()
+    alone = alone if singleton == "raw" else torch.zeros_like(centered)
+    return torch.where(count[dense] > 1, centered, alone)
 
 
 def first_row_of_each(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,3 +131,31 @@ def discounted_reverse_cumsum(
         acc = grid[:, t] + gamma * acc
         grid[:, t] = acc
     return grid[dense, position]
+
+
+EPISODE_STATS = ("step_rows", "trajectory")
+
+
+def episode_members(batch, episode_stats: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The members of an episode-level group statistic, and the map back to rows.
+
+    step_rows:  one member per step row, scoring its trajectory's return less its OWN invalid-action penalty,
+                score_n = episode_return[n] - penalty[n] (verl-agent's group estimators: every row of a
+                trajectory counts, so long trajectories weigh more in the mean and std).
+    trajectory: one member per trajectory, scoring its return (the papers' definition). Rows of one
+                trajectory must then score alike, so the penalty must be folded into the rewards already.
+    batch: a Batch (episode_return, penalty, uid, traj: [N]). Returns (scores [M], group ids [M], member of
+    each row [N]).
+    """
+    penalty = batch.penalty if batch.penalty is not None else torch.zeros_like(batch.episode_return)
+    if episode_stats == "step_rows":
+        rows = torch.arange(len(batch.episode_return))
+        return batch.episode_return.float() - penalty.float(), batch.uid, rows
+    if episode_stats != "trajectory":
+        raise ValueError(f"episode_stats must be one of {EPISODE_STATS}, got {episode_stats!r}")
+    if bool(penalty.any()):
+        raise ValueError(
+            "episode_stats=trajectory needs the invalid-action penalty folded into the rewards (penalty_rule=folded)"
+        )
+    rep, inverse = first_row_of_each(batch.traj)
+    return batch.episode_return[rep].float(), batch.uid[rep], inverse

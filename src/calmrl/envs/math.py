@@ -1,11 +1,19 @@
-"""Math reasoning: single-turn problems from a JSONL file, answers checked with math-verify.
+"""Math reasoning: single-turn problems from a JSONL (or JSON-array) file, answers checked with math-verify.
 
 One episode is one problem and one step: the model's whole response (free-form reasoning, see
 `Observation.dialogue`) is the action, and the reward is 1.0 when math-verify finds the gold answer
-in it, else 0.0. Two layouts are read, line by line:
+in it, else 0.0. Three layouts are read, record by record:
   - GSM8K: {"question": ..., "answer": "... reasoning ...\\n#### 42"}   (gold = the text after '####')
-  - MATH:  {"problem": ..., "solution": "... \\boxed{\\frac{1}{2}} ..."} (gold = the last \\boxed{})
+  - MATH:  {"problem": ..., "solution": "... \\boxed{\\frac{1}{2}} ..."} (gold = `answer`, else the last \\boxed{})
+  - PURE:  {"question": ..., "answer": "42" or "null", "ref_answer": ...} (CJReinforce/PURE's data files)
 A record's `category` (or MATH's `type`, MATH-500's `subject`; else the file name) becomes `info["category"]` for per-category results.
+
+Problems without an answer (PURE's best run gives the verifiable reward to ~10% of its problems only): an
+`answer` of JSON null or the string "null" (PURE's marker), or a MATH solution without \\boxed{} and no `answer`.
+They are trained on, but carry no verifiable reward: reward 0 for every response and `info["has_answer"] = False`,
+which the batch keeps (`Batch.has_answer`) and `algo=pure` reads to leave the verifiable term off their rows. A withheld answer (PURE's `ref_answer`; a "null"-answer MATH record's boxed
+solution) is never rewarded: only `info["success"]` is measured against it. Evaluation uses the problems that
+have some answer to check.
 
 Task seeds index the problem list: a training seed s picks problem s mod n of `data_path`; a held-out
 seed `eval_seed_offset + i` picks problem i mod m of `eval_data_path` (default: the same file), so the
@@ -17,6 +25,7 @@ trainer's random training seeds and the evaluator's consecutive eval seeds both 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from dataclasses import dataclass
@@ -31,6 +40,12 @@ TASK = (
 
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 _EVAL_SEED_OFFSET = 1_000_000_000  # the EnvConfig default; the config passes the real one
+_NULL = "null"  # how PURE's data files write "no answer"
+
+#: the suffix of an answerless problem's anchor: the batch keeps anchors (`Batch.anchor_text`) but not step infos,
+#: so this is what tells a batch-only algo (algo=pure) that a row has no verifiable reward
+
+log = logging.getLogger(__name__)
 
 
 def split_steps(text: str) -> list[str]:
@@ -41,9 +56,20 @@ def split_steps(text: str) -> list[str]:
 @dataclass(frozen=True)
 class Problem:
     question: str
-    answer: str  # the gold final answer, as written in the data (GSM8K: after '####'; MATH: the last \boxed{})
-    solution: str  # the reference reasoning
+    # the gold final answer the reward checks (GSM8K: after '####'; MATH: the last \boxed{}); None: no verifiable reward
+    answer: str | None
+    solution: str  # the reference reasoning ("" when the data has none)
     category: str
+    reference: str | None = None  # an answer withheld from the reward (PURE's ref_answer): only success uses it
+
+    @property
+    def has_answer(self) -> bool:
+        return self.answer is not None
+
+    @property
+    def gold(self) -> str | None:
+        """What success is measured against: the answer, else the withheld reference, else None."""
+        return self.answer if self.answer is not None else self.reference
 
 
 def last_boxed(text: str) -> str | None:
@@ -60,44 +86,93 @@ def last_boxed(text: str) -> str | None:
     return None  # unbalanced braces
 
 
+def _given(value) -> str | None:
+    """An answer field as text, or None when it says "no answer" (JSON null, "null", or only blanks)."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return None if text in ("", _NULL) else text
+
+
 def parse_record(record: dict, default_category: str) -> Problem:
-    """One JSONL record in the GSM8K or the MATH layout as a Problem; ValueError names what is missing."""
-    if "question" in record and "answer" in record:  # GSM8K
-        solution = str(record["answer"])
-        if "####" not in solution:
-            raise ValueError("a GSM8K 'answer' must end with '#### <final answer>'")
-        answer = solution.rsplit("####", 1)[1].strip().replace(",", "")
+    """One record in the GSM8K, MATH or PURE layout as a Problem; ValueError names what is malformed."""
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    reference = None
+    if "question" in record and "answer" in record and "ref_answer" in record:  # PURE: final answers, "null" = none
+        solution = ""
+        answer = _given(record["answer"])
+        reference = _given(record["ref_answer"])
+        question = str(record["question"])
+    elif "question" in record and "answer" in record:  # GSM8K
+        solution = "" if _given(record["answer"]) is None else str(record["answer"])
+        answer = None
+        if solution:
+            if "####" not in solution:
+                raise ValueError("a GSM8K 'answer' must end with '#### <final answer>' (or be null: no answer)")
+            answer = _given(solution.rsplit("####", 1)[1].replace(",", ""))
         question = str(record["question"])
     elif "problem" in record and "solution" in record:  # MATH
         solution = str(record["solution"])
-        answer = record.get("answer") or last_boxed(solution)
-        if answer is None:
-            raise ValueError("a MATH 'solution' must contain \\boxed{<final answer>} (or give an 'answer' field)")
+        boxed = last_boxed(solution)
+        if str(record.get("answer")).strip() == _NULL:  # withheld on purpose: the boxed solution only scores success
+            answer, reference = None, boxed
+        else:
+            answer = _given(record.get("answer")) or _given(boxed)
         question = str(record["problem"])
     else:
         raise ValueError(
-            f"expected GSM8K keys (question, answer) or MATH keys (problem, solution), got {sorted(record)}"
+            "expected GSM8K keys (question, answer), MATH keys (problem, solution) or PURE keys "
+            f"(question, answer, ref_answer), got {sorted(record)}"
         )
     category = str(record.get("category") or record.get("type") or record.get("subject") or default_category)
-    return Problem(question.strip(), str(answer).strip(), solution.strip(), category)
+    return Problem(question.strip(), answer, solution.strip(), category, reference)
+
+
+def _records(path: Path):
+    """(where, record) for each record of a JSONL file, or of a file holding one JSON array (PURE's data)."""
+    with path.open(encoding="utf-8") as f:
+        text = f.read()
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        for i, record in enumerate(items):
+            yield f"{path}[{i}]", record
+        return
+    for n, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                yield f"{path}:{n}", json.loads(line)
+            except ValueError as exc:  # JSONDecodeError is a ValueError
+                raise ValueError(f"{path}:{n}: {exc}") from None
 
 
 def load_problems(path: str | Path) -> list[Problem]:
-    """Every problem of a JSONL file (blank lines skipped); errors name the file and line."""
+    """Every problem of a JSONL or JSON-array file (blank lines skipped); errors name the file and record."""
     path = Path(path).expanduser()
     problems = []
     default_category = path.stem
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                problems.append(parse_record(json.loads(line), default_category))
-            except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
-                raise ValueError(f"{path}:{n}: {exc}") from None
+    for where, record in _records(path):
+        try:
+            problems.append(parse_record(record, default_category))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
     if not problems:
         raise ValueError(f"{path} holds no problems")
+    answerless = sum(not p.has_answer for p in problems)
+    if answerless:
+        log.info("%s: %d of %d problems have no answer (no verifiable reward)", path, answerless, len(problems))
     return problems
+
+
+def scorable(problems: list[Problem], path) -> list[Problem]:
+    """The problems success can be measured on (an answer or a withheld one): the evaluation set."""
+    kept = [p for p in problems if p.gold is not None]
+    if not kept:
+        raise ValueError(f"{path}: no problem has an answer (or a withheld ref_answer) to evaluate against")
+    return kept
 
 
 def is_correct(response: str, gold: str) -> bool:
@@ -115,7 +190,7 @@ def is_correct(response: str, gold: str) -> bool:
 
 @ENVS.register("math")
 class MathEnv:
-    """Single-turn reasoning problems; reward 1 for a verified final answer, 0 otherwise."""
+    """Single-turn reasoning problems; reward 1 for a verified final answer, 0 otherwise (always 0 without one)."""
 
     def __init__(
         self,
@@ -128,7 +203,10 @@ class MathEnv:
         if not data_path:
             raise ConfigError(_MISSING_DATA)
         self.train = load_problems(data_path)
-        self.eval = load_problems(eval_data_path) if eval_data_path else self.train
+        # an answerless problem cannot be scored, so held-out seeds index only the ones that can
+        self.eval = scorable(
+            load_problems(eval_data_path) if eval_data_path else self.train, eval_data_path or data_path
+        )
         self.eval_seed_offset = int(eval_seed_offset)
         self.task = task
         self._problem: Problem | None = None
@@ -138,7 +216,7 @@ class MathEnv:
     @staticmethod
     def check_config(cfg) -> str | None:
         """What is wrong with an env config, in one sentence, or None: run before any model loads."""
-        return check_data_files(cfg, _MISSING_DATA, "a GSM8K- or MATH-layout JSONL file")
+        return check_data_files(cfg, _MISSING_DATA, "a GSM8K-, MATH- or PURE-layout JSONL (or JSON-array) file")
 
     def vocabulary(self) -> list[str]:
         """Every whitespace-separated word of the task and the data, plus single digits and symbols.
@@ -148,8 +226,8 @@ class MathEnv:
         """
         words = set(self.task.split()) | set("0123456789") | set("+-*/=().,$\\{}^")
         for problem in {*self.train, *self.eval}:
-            for text in (problem.question, problem.solution, problem.answer):
-                words.update(text.split())
+            for text in (problem.question, problem.solution, problem.answer, problem.reference):
+                words.update((text or "").split())
         return sorted(words)
 
     def problem(self, seed: int) -> Problem:
@@ -163,7 +241,8 @@ class MathEnv:
         split = "eval" if seed >= self.eval_seed_offset else "train"
         index = (seed - self.eval_seed_offset) % len(self.eval) if split == "eval" else seed % len(self.train)
         q = self._problem.question
-        self._obs = Observation(q, f"{split}:{index}", dialogue=(("user", q),), category=self._problem.category)
+        anchor = f"{split}:{index}"
+        self._obs = Observation(q, anchor, dialogue=(("user", q),), category=self._problem.category)
         self._done = False
         return self._obs
 
@@ -173,12 +252,21 @@ class MathEnv:
         if self._done:
             raise RuntimeError("math step() called after the episode ended; call reset()")
         self._done = True
-        correct = is_correct(action, self._problem.answer)
-        info = {"success": correct, "category": self._problem.category, "steps": len(split_steps(action))}
-        return StepResult(self._obs, 1.0 if correct else 0.0, True, info)
+        problem = self._problem
+        gold = problem.gold
+        # success is also measured on a withheld answer (for the metrics); the reward only on a given one
+        success = gold is not None and is_correct(action, gold)
+        rewarded = problem.has_answer and success
+        info = {
+            "success": success,
+            "category": problem.category,
+            "steps": len(split_steps(action)),
+            "has_answer": problem.has_answer,
+        }
+        return StepResult(self._obs, 1.0 if rewarded else 0.0, True, info)
 
 
 _MISSING_DATA = (
     "env=math needs env.data_path=/path/to/train.jsonl (GSM8K layout: question, answer ending in '#### 42'; "
-    "MATH layout: problem, solution with \\boxed{}); see docs/envs/math.md"
+    "MATH layout: problem, solution with \\boxed{}; PURE layout: question, answer, ref_answer); see docs/envs/math.md"
 )

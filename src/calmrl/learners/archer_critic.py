@@ -3,14 +3,20 @@ Hierarchical Multi-Turn RL"; reference code YifeiZhou02/ArCHer, `DoubleCritic` a
 
 The critic reads text: a state s (the prompt the policy saw at a turn) and an utterance a (its whole
 response). One encoder (any Hugging Face encoder, loaded by path through `AutoModel`) embeds s and a
-separately (mean of the last hidden states over the attention mask); twin Q heads read [e(s), e(a)] and
-twin V heads read e(s), as the reference's DoubleCritic does. Targets use a target copy (bar) of the whole
-critic, soft-updated after every critic step:
+separately (mean of the last hidden states over the attention mask; the reference takes the encoder's
+pooler output); twin Q heads read [e(s), e(a)] and twin V heads read e(s), as the reference's DoubleCritic
+does. Targets use a target copy (bar) of the whole critic, soft-updated after every critic step:
 
-    y_Qi = r + gamma * (1 - done) * Vbar_i(s')           (Q_i regresses onto its own twin's target V)
-    y_Vi = min(Qbar_1, Qbar_2)(s, a'),  a' ~ pi(. | s)    (a fresh policy sample, or the stored action)
+    y_Qi = r + gamma * (1 - done) * Vbar_i(s')    (Q_i regresses onto its own twin's target V)
+    y_Vi = Qbar_i(s, a'),  a' ~ pi(. | s)          (V_i onto its own twin's target Q: no min here)
     L    = sum_i MSE(Q_i(s, a), y_Qi) + MSE(V_i(s), y_Vi)
     theta_bar <- tau * theta + (1 - tau) * theta_bar     (tau = 0.1)
+
+The pairing is the reference's (`ArcherTrainer.critic_loss` in archer/algorithms/archer/trainer.py): the
+twins are trained independently and the pessimistic min is taken only in the actor's advantage
+(`calmrl.algos.archer.archer_advantages`). Taking the min inside y_V as well would pull both V twins
+towards the lower Qbar, bias V low and so push every advantage min Q - min V up. a' is a fresh policy
+sample (`v_target_action=policy`, as the reference) or the stored action (`=buffer`).
 
 Transitions are text and live in a FIFO replay buffer (capacity 1e5 in the paper), sampled uniformly.
 """
@@ -121,13 +127,27 @@ class UtteranceCritic(nn.Module):
         return self.v1(s).squeeze(-1), self.v2(s).squeeze(-1)
 
 
-# ---------------------------------------------------------------- targets, soft update
+# ---------------------------------------------------------------- targets, losses, soft update
 def critic_targets(reward, done, next_v1, next_v2, pi_q1, pi_q2, gamma: float):
-    """ArCHer's TD targets, all [B] tensors (target-network outputs, no gradient):
-    y_Q1 = r + gamma (1 - done) Vbar_1(s'), y_Q2 = r + gamma (1 - done) Vbar_2(s'), y_V = min(Qbar_1, Qbar_2)(s, a~pi).
-    Returns (y_q1, y_q2, y_v)."""
-    alive = gamma * (1.0 - done.float())
-    return reward + alive * next_v1, reward + alive * next_v2, torch.minimum(pi_q1, pi_q2)
+    """ArCHer's regression targets, one per head; every input is [B] (target-network outputs, no gradient).
+
+    reward, done: [B] (done in {0, 1}); next_v1, next_v2: [B] Vbar_1, Vbar_2 at s'; pi_q1, pi_q2: [B]
+    Qbar_1, Qbar_2 at (s, a'). Returns (y_q1, y_q2, y_v1, y_v2), each [B]:
+        y_Qi = r + gamma (1 - done) Vbar_i(s'),   y_Vi = Qbar_i(s, a')
+    Twin i only ever sees twin i's targets (Zhou et al., 2024, reference `ArcherTrainer.critic_loss`).
+    """
+    alive = gamma * (1.0 - done.float())  # a terminal transition (also a time-limit cut) bootstraps nothing
+    return reward + alive * next_v1, reward + alive * next_v2, pi_q1, pi_q2
+
+
+def critic_losses(q1, q2, v1, v2, y_q1, y_q2, y_v1, y_v2):
+    """The critic's two loss terms, each a scalar; every input is [B] (online heads, then their targets).
+
+    q_loss = MSE(Q_1, y_Q1) + MSE(Q_2, y_Q2),  v_loss = MSE(V_1, y_V1) + MSE(V_2, y_V2)  (means over B);
+    the critic minimises their sum. Returns (q_loss, v_loss).
+    """
+    mse = nn.functional.mse_loss
+    return mse(q1, y_q1) + mse(q2, y_q2), mse(v1, y_v1) + mse(v2, y_v2)
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from calmrl.learners.torch import policy_token_loss, token_logprobs
+from calmrl.learners.torch import POLICY_LOSS_PARTS, policy_token_loss, token_logprobs, wants_entropy
 
 
 def deepspeed_config(learner_cfg, world_size: int) -> dict:
@@ -174,7 +174,7 @@ class DeepSpeedLearner:
         micro = int(self.cfg.micro_batch_size)
         num_micro = max(math.ceil(per_rank / micro), 1)  # the same on every rank
         num_tokens = mb.response_mask.sum().clamp(min=1.0)  # the whole minibatch's, so shares add up across ranks
-        names = ("loss/policy", "loss/kl", "loss/clip_frac", "loss/neg_logprob")
+        names = POLICY_LOSS_PARTS
         sums = torch.zeros(len(names) + 1, dtype=torch.float64)  # + a "non-finite loss seen" flag
         self.engine.zero_grad()
         for k in range(num_micro):
@@ -186,12 +186,13 @@ class DeepSpeedLearner:
             width = ids.shape[1]
             adv = mb.advantages[rows, :width].to(self.device)
             old = mb.old_logprobs[rows, :width].to(self.device)
-            logp = token_logprobs(self.engine, ids, attn)
+            logp = token_logprobs(self.engine, ids, attn, with_entropy=wants_entropy(self.algo))
+            logp, entropy = logp if isinstance(logp, tuple) else (logp, None)
             ref = None
             if self.algo.kl_coef > 0:
                 with torch.no_grad():
                     ref = token_logprobs(self.ref_model, ids, attn)
-            loss, parts = policy_token_loss(self.algo, logp, old, adv, mask, ref)
+            loss, parts = policy_token_loss(self.algo, logp, old, adv, mask, ref, entropy)
             share = weight * float(mask.sum()) / float(num_tokens)
             bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0])
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # every rank must take the same branch

@@ -18,31 +18,55 @@ from calmrl.algos.losses import kl_low_var, masked_mean, ppo_clip_loss, reinforc
 from calmrl.learners.critic import clipped_value_loss
 
 
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """log pi(token_t | tokens_<t) aligned with input_ids: [n, L] -> [n, L] (column 0 is 0)."""
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, with_entropy: bool = False):
+    """log pi(token_t | tokens_<t) aligned with input_ids: [n, L] -> [n, L] (column 0 is 0).
+
+    with_entropy: also return the entropy of the distribution each token was drawn from, [n, L] aligned the
+    same way (for the entropy bonus), as a (logprobs, entropy) pair.
+    """
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
-    lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    return torch.nn.functional.pad(lp, (1, 0))
+    logp_all = torch.log_softmax(logits.float(), dim=-1)
+    lp = torch.nn.functional.pad(logp_all.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1), (1, 0))
+    if not with_entropy:
+        return lp
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return lp, torch.nn.functional.pad(entropy, (1, 0))
 
 
-def policy_token_loss(algo, logp, old, adv, mask, ref=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One micro-batch's policy loss as `algo` says (PPO-clip or REINFORCE, + kl_coef x k3 KL to `ref`); every
-    learner backend calls this, so they optimise the same objective. Inputs [n, L]; returns (loss, detached parts)."""
+#: the parts of `policy_token_loss` every learner backend logs, in this order
+POLICY_LOSS_PARTS = ("loss/policy", "loss/kl", "loss/clip_frac", "loss/neg_logprob", "loss/entropy")
+
+
+def policy_token_loss(
+    algo, logp, old, adv, mask, ref=None, entropy=None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One micro-batch's policy loss as `algo` says: PPO-clip (with dual-clip when `algo.dual_clip`) or REINFORCE,
+    + kl_coef x k3 KL to `ref`, - entropy_coef x token-mean `entropy` (verl's entropy bonus). Every learner
+    backend calls this, so they optimise the same objective. Inputs [n, L]; returns (loss, detached parts)."""
     if str(algo.loss) == "reinforce":
         pg, clip_frac = reinforce_loss(logp, adv, mask), torch.zeros(())
     else:
-        pg, clip_frac = ppo_clip_loss(logp, old, adv, mask, algo.clip_ratio)
-    loss, kl = pg, torch.zeros(())
+        pg, clip_frac = ppo_clip_loss(logp, old, adv, mask, algo.clip_ratio, algo.get("dual_clip"))
+    loss, kl, mean_entropy = pg, torch.zeros(()), torch.zeros(())
     if algo.kl_coef > 0:
         kl = masked_mean(kl_low_var(logp, ref), mask)
         loss = loss + algo.kl_coef * kl
+    if entropy is not None:
+        mean_entropy = masked_mean(entropy, mask)
+        loss = loss - algo.entropy_coef * mean_entropy
     parts = {
         "loss/policy": pg,
         "loss/kl": kl,
         "loss/clip_frac": clip_frac,
         "loss/neg_logprob": -masked_mean(logp, mask),
+        "loss/entropy": mean_entropy,
     }
     return loss, {k: v.detach() for k, v in parts.items()}
+
+
+def wants_entropy(algo) -> bool:
+    """Whether the policy loss has an entropy bonus (so the forward pass must return entropies)."""
+    return float(algo.get("entropy_coef", 0.0)) > 0
 
 
 class TorchLearner:
@@ -131,19 +155,20 @@ class TorchLearner:
     def _policy_step(self, mb) -> dict[str, float] | None:
         self.optimizer.zero_grad(set_to_none=True)
         num_tokens = mb.response_mask.sum().clamp(min=1.0)
-        sums = {"loss/policy": 0.0, "loss/kl": 0.0, "loss/clip_frac": 0.0, "loss/neg_logprob": 0.0}
+        sums = dict.fromkeys(POLICY_LOSS_PARTS, 0.0)
         for rows, ids, attn, mask in self._micro_batches(mb):
             width = ids.shape[1]
             adv = mb.advantages[rows, :width].to(self.device)
             old = mb.old_logprobs[rows, :width].to(self.device)
-            logp = token_logprobs(self.model, ids, attn)
+            logp = token_logprobs(self.model, ids, attn, with_entropy=wants_entropy(self.algo))
+            logp, entropy = logp if isinstance(logp, tuple) else (logp, None)
             # each micro-batch's share of the minibatch's token mean, so the shares add up to the full mean
             share = mask.sum() / num_tokens
             ref = None
             if self.algo.kl_coef > 0:
                 with torch.no_grad():
                     ref = token_logprobs(self.ref_model, ids, attn)
-            loss, parts = policy_token_loss(self.algo, logp, old, adv, mask, ref)
+            loss, parts = policy_token_loss(self.algo, logp, old, adv, mask, ref, entropy)
             if not torch.isfinite(loss):
                 self.optimizer.zero_grad(set_to_none=True)
                 return None

@@ -4,9 +4,9 @@ For every env (one problem, single turn):
   1. the policy thinks: up to B = algo.budget new tokens after the prompt (stopping early at EOS);
   2. for each budget b_j = (B / S) j, the trace is cut at min(b_j, its length) and the prompt
        prompt + thinking[:cut] + suffix
-     (`truncated_suffix`, "...</think> **Final Answer**", when the cut falls inside the trace or the trace ran
-     out of budget; `finished_suffix` when the trace ended by itself before b_j) gets A sampled summaries of at
-     most `summary_max_tokens` tokens;
+     (`truncated_suffix`, "... ... </think> **Final Answer**" with blank lines, as the reference's
+     `sample_partial_cot`, when the cut falls inside the trace or the trace ran out of budget; `finished_suffix`
+     when the trace ended by itself before b_j) gets A sampled summaries of at most `summary_max_tokens` tokens;
   3. the env scores every summary on its own (reset to the same seed, then step(summary text)): r[j, a].
 
 Each trajectory holds 1 + S A steps, the layout `algos/brpo.py` reads: step 0 is the thinking (reward 0, its

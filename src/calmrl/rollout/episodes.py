@@ -2,7 +2,8 @@
 
 All live episodes advance together: one batched `generate` call per turn for every env that is still
 running, then each env steps on its parsed action. A response that fails the format check does not
-reach the env: the step is recorded as invalid with the penalty and the observation stays the same.
+reach the env: the step is recorded as invalid, with the penalty in `Step.penalty` (apart from the env's
+reward), and the observation stays the same.
 An env that raises ends its own trajectory with `error` set; the other episodes go on.
 """
 
@@ -108,8 +109,6 @@ def run_episodes(
             if "category" in info:
                 trajs[i].category = str(info["category"])
             invalid = action is None or bool(info.get("invalid", False))
-            if invalid:
-                reward -= invalid_penalty
             trajs[i].steps.append(
                 Step(
                     prompt_ids=gen.prompt_ids,
@@ -120,6 +119,7 @@ def run_episodes(
                     reward=reward,
                     anchor=ob.anchor,
                     invalid=invalid,
+                    penalty=invalid_penalty if invalid else 0.0,  # kept apart: the algo decides where it goes
                     # the texts around the action, for shapers that judge transitions (CALM)
                     info={**info, "obs_before": ob.text, "obs_after": obs[i].text},
                 )

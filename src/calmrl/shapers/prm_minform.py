@@ -28,7 +28,8 @@ PRMs (`shaper.prm`):
 
 The env's verifiable reward (math-verify) stays in `batch.rewards`: `algo=pure` adds it at EOS with its own RLOO
 baseline (`algo.verifiable_coef`), and every other algo counts it as its return, so the shaper does not add it
-a second time.
+a second time. A math problem without an answer has no verifiable reward (env reward 0, anchor marked): its
+responses are scored by the PRM like any other, and under `algo=pure` these process rewards are all they get.
 """
 
 from __future__ import annotations

@@ -95,20 +95,23 @@ def credit_table(
 ) -> dict[str, torch.Tensor]:
     """{estimator: advantages [N, L]} for every estimator `plan_estimators` lets run (the others are left out).
 
-    The batch is not modified: estimators that read reference log-probs get a copy whose `ref_logprobs`
-    are the sampling log-probs (reference = the inspected policy, KL = 0).
+    The batch is not modified: each estimator gets a copy with the invalid-action penalty placed by its own
+    `penalty_rule`, and those that read reference log-probs get `ref_logprobs` = the sampling log-probs
+    (reference = the inspected policy, KL = 0).
     """
     from calmrl.algos import ALGOS
+    from calmrl.data import apply_penalty_rule, penalty_rule
 
     run, _, _ = plan_estimators(estimators)
     overrides = algo_overrides or {}
     out: dict[str, torch.Tensor] = {}
     for name in run:
         fn = ALGOS.get(name)
-        view = replace(batch)
+        cfg = algo_config(name, overrides.get(name))
+        view = apply_penalty_rule(replace(batch), penalty_rule(cfg))
         if "ref_logprobs" in fn.requires:
             view.ref_logprobs = batch.old_logprobs.clone()
-        out[name] = fn(view, algo_config(name, overrides.get(name))).detach().float().cpu()
+        out[name] = fn(view, cfg).detach().float().cpu()
     return out
 
 
@@ -493,6 +496,7 @@ def build_report(
                     "action": st.action,
                     "invalid": bool(st.invalid),
                     "reward": float(st.reward),
+                    "penalty": float(st.penalty),
                     "token_ids": batch.input_ids[r, positions].tolist(),
                     "tokens": _token_texts(batch, r, tokenizer),
                     "advantage": {n: _num(step_adv[n][r]) for n in names},
@@ -505,6 +509,7 @@ def build_report(
                 "uid": traj.uid,
                 "seed": traj.seed,
                 "return": traj.episode_return,
+                "env_return": traj.env_return,
                 "success": bool(traj.success),
                 "error": traj.error,
                 "steps": steps,

@@ -6,7 +6,7 @@ from torch import nn
 from calmrl.algos import ALGOS
 from calmrl.algos.archer import ArcherState, archer_advantages, turn_transitions
 from calmrl.data import Step, Trajectory, build_batch
-from calmrl.learners.archer_critic import ReplayBuffer, Transition, critic_targets, soft_update
+from calmrl.learners.archer_critic import ReplayBuffer, Transition, critic_losses, critic_targets, soft_update
 
 
 def cfg(**over):
@@ -72,11 +72,100 @@ def test_critic_targets_hand_checked():
     reward, done = torch.tensor([1.0, 0.5]), torch.tensor([0.0, 1.0])
     next_v1, next_v2 = torch.tensor([2.0, 3.0]), torch.tensor([4.0, 5.0])
     pi_q1, pi_q2 = torch.tensor([1.0, -1.0]), torch.tensor([0.5, 2.0])
-    y_q1, y_q2, y_v = critic_targets(reward, done, next_v1, next_v2, pi_q1, pi_q2, gamma=0.9)
+    y_q1, y_q2, y_v1, y_v2 = critic_targets(reward, done, next_v1, next_v2, pi_q1, pi_q2, gamma=0.9)
     # y_Qi = r + gamma (1 - done) Vbar_i(s'); the done transition keeps only its reward
     assert y_q1.tolist() == pytest.approx([1.0 + 0.9 * 2.0, 0.5])
     assert y_q2.tolist() == pytest.approx([1.0 + 0.9 * 4.0, 0.5])
-    assert y_v.tolist() == [0.5, -1.0]  # min(Qbar_1, Qbar_2)(s, a~pi)
+    # y_Vi = Qbar_i(s, a~pi), each twin its own: no min (that would be [0.5, -1.0] for both)
+    assert y_v1.tolist() == [1.0, -1.0] and y_v2.tolist() == [0.5, 2.0]
+
+
+def test_v_twins_regress_onto_their_own_target_q_hand_checked():
+    """Distinct twins (Qbar_1 != Qbar_2): the V loss of the reference rule, worked by hand; the old
+    min(Qbar_1, Qbar_2) target for both V twins gives a different number, so this fails on it."""
+    reward, done = torch.tensor([0.0, -1.0]), torch.tensor([1.0, 0.0])
+    next_v1, next_v2 = torch.tensor([9.0, 2.0]), torch.tensor([9.0, -2.0])
+    pi_q1, pi_q2 = torch.tensor([1.0, -1.0]), torch.tensor([0.5, 2.0])
+    q1, q2 = torch.tensor([0.0, 0.0]), torch.tensor([1.0, 0.0])
+    v1, v2 = torch.tensor([0.0, 0.0]), torch.tensor([0.0, 1.0])
+    q_loss, v_loss = critic_losses(q1, q2, v1, v2, *critic_targets(reward, done, next_v1, next_v2, pi_q1, pi_q2, 0.5))
+    # y_Q1 = [0, -1 + 0.5 * 2] = [0, 0], y_Q2 = [0, -1 + 0.5 * -2] = [0, -2]   (row 0 is done: Vbar(s') unused)
+    # q_loss = mean([0, 0]) + mean([1, 4]) = 2.5
+    assert float(q_loss) == pytest.approx(2.5)
+    # y_V1 = Qbar_1 = [1, -1], y_V2 = Qbar_2 = [0.5, 2]
+    # v_loss = mean([1, 1]) + mean([0.25, 1]) = 1 + 0.625 = 1.625
+    assert float(v_loss) == pytest.approx(1.625)
+    # the old rule, y_V = min = [0.5, -1] for both: mean([0.25, 1]) + mean([0.25, 4]) = 0.625 + 2.125 = 2.75
+    assert float(v_loss) != pytest.approx(2.75)
+
+
+def official_critic_loss(q1, q2, v1, v2, bar_q1_pi, bar_q2_pi, bar_v1_next, bar_v2_next, reward, done, gamma):
+    """Our own transcription of the authors' `ArcherTrainer.critic_loss` (YifeiZhou02/ArCHer,
+    archer/algorithms/archer/trainer.py), on tensors instead of text: all inputs [B], returns four scalars.
+
+    Online heads: q1, q2 at the buffer's (s, a); v1, v2 at s. Target critic: its Q twins at (s, a'), a' a
+    fresh policy sample, and its V twins at s'. Q twin k fits reward plus the discounted target V twin k at
+    s' (dropped where done); V twin k fits target Q twin k at (s, a'). Each is a batch-mean squared error
+    (torch's MSELoss), and the critic steps on their plain sum.
+    """
+    bootstrap = gamma * (1 - done)
+    fit_q1, fit_q2 = reward + bootstrap * bar_v1_next, reward + bootstrap * bar_v2_next
+    sq = lambda pred, goal: ((pred - goal) ** 2).mean()  # noqa: E731
+    return sq(q1, fit_q1), sq(q2, fit_q2), sq(v1, bar_q1_pi), sq(v2, bar_q2_pi)
+
+
+def test_critic_loss_matches_the_official_transcription_on_random_inputs():
+    gen = torch.Generator().manual_seed(1234)
+    b = 64
+    heads = [torch.randn(b, generator=gen) * 3 for _ in range(8)]  # q1 q2 v1 v2, Qbar_1/2(s, a'), Vbar_1/2(s')
+    reward = torch.randn(b, generator=gen)
+    done = (torch.rand(b, generator=gen) < 0.3).float()
+    q1, q2, v1, v2, bq1, bq2, bv1, bv2 = heads
+    assert (bq1 - bq2).abs().min() > 0  # distinct twins everywhere, so a min in y_V would show
+    ref = official_critic_loss(q1, q2, v1, v2, bq1, bq2, bv1, bv2, reward, done, gamma=0.95)
+    q_loss, v_loss = critic_losses(q1, q2, v1, v2, *critic_targets(reward, done, bv1, bv2, bq1, bq2, gamma=0.95))
+    assert float(q_loss) == pytest.approx(float(ref[0] + ref[1]), rel=1e-6, abs=1e-6)
+    assert float(v_loss) == pytest.approx(float(ref[2] + ref[3]), rel=1e-6, abs=1e-6)
+
+
+def test_critic_step_loss_matches_the_official_transcription(state_factory):
+    """The wiring, not just the formula: `critic_step`'s reported losses equal the transcription fed with the
+    critic's and target's own outputs (target Q at the sampled a', target V at s'), and the target then moves
+    by tau."""
+    make, _ = state_factory
+    state = make(gamma=0.95, tau=0.1)
+    batch = [
+        Transition("goal north .", " north", 0.0, "goal east .", False),
+        Transition("goal east .", " east", 1.0, "", True),
+        Transition("goal north .", " south", -0.1, "goal west .", False),
+        Transition("goal west .", " west", -1.0, "goal north .", False),
+    ]
+    states, actions = [t.state for t in batch], [t.action for t in batch]
+    pi_actions = [" up", " down", " left", " right"]
+
+    def sample(prompts):
+        assert list(prompts) == states  # a' is drawn at the minibatch's own states
+        return list(pi_actions)
+
+    with torch.no_grad():
+        state.critic.train()
+        q1, q2, v1, v2 = state.critic(states, actions)
+        bq1, bq2, _, _ = state.target(states, pi_actions)
+        bv1, bv2 = state.target.values([t.next_state for t in batch])
+    assert (bq1 - bq2).abs().min() > 1e-4  # the twins differ: the old min rule would give another v_loss
+    reward = torch.tensor([t.reward for t in batch])
+    done = torch.tensor([float(t.done) for t in batch])
+    ref = official_critic_loss(q1, q2, v1, v2, bq1, bq2, bv1, bv2, reward, done, gamma=0.95)
+    old_rule_v = ((v1 - torch.minimum(bq1, bq2)) ** 2).mean() + ((v2 - torch.minimum(bq1, bq2)) ** 2).mean()
+    assert abs(float(old_rule_v) - float(ref[2] + ref[3])) > 1e-4
+
+    before = {k: v.clone() for k, v in state.target.state_dict().items()}
+    metrics = state.critic_step(batch, sample)
+    assert metrics["critic/q_loss"] == pytest.approx(float(ref[0] + ref[1]), rel=1e-6, abs=1e-6)
+    assert metrics["critic/v_loss"] == pytest.approx(float(ref[2] + ref[3]), rel=1e-6, abs=1e-6)
+    for k, v in state.target.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(v, 0.9 * before[k] + 0.1 * state.critic.state_dict()[k], atol=1e-7)
 
 
 def test_soft_update_limits_and_mixture():
@@ -196,7 +285,7 @@ def test_critic_learns_which_utterance_is_rewarded(state_factory):
         metrics = state.critic_step(state.buffer.sample(8, state.generator))
     assert metrics["critic/q_loss"] < 0.02
     adv = state.score(["goal north .", "goal north ."], [" north", " south"])
-    # terminal transitions: Q -> r, V -> min Qbar at the stored actions ~ 0, so A(north) ~ 1 and A(south) ~ 0
+    # terminal transitions: Q -> r, while V_i(s) fits Qbar_i at both stored actions (~0.5): A(north) - A(south) ~ 1
     assert adv[0] - adv[1] > 0.8
 
 

@@ -1,3 +1,4 @@
+import difflib
 import math
 import random
 from collections import defaultdict
@@ -11,15 +12,26 @@ from calmrl.algos import ALGOS
 from calmrl.algos.gigpo import gigpo_advantages, similarity_anchor_ids
 from calmrl.algos.grpo import grpo_advantages
 from calmrl.config import GiGPOConfig
-from calmrl.data import Step, Trajectory, build_batch
+from calmrl.data import Step, Trajectory, apply_penalty_rule, build_batch
 
 R2 = 1 / math.sqrt(2)  # a group of two with eps=0 and norm=std always gives +-1/sqrt(2)
 
 
 def reference_gigpo(
-    rewards, uid, traj, step, anchor, gamma=0.95, omega=1.0, norm="std", episode_stats="trajectory", eps=1e-6
+    rewards,
+    uid,
+    traj,
+    step,
+    anchor,
+    gamma=0.95,
+    omega=1.0,
+    norm="std",
+    episode_stats="trajectory",
+    singleton="zero",
+    eps=1e-6,
 ):
-    """Plain-loop GiGPO over Python lists, written independently of the vectorized code."""
+    """Plain-loop GiGPO over Python lists (the paper's equations), written independently of the vectorized
+    code; `singleton` is what a one-member episode group gets ("zero", or "raw": mean 0 and std 1)."""
     n = len(rewards)
     rows_of = defaultdict(dict)  # trajectory -> {step: row}
     for i in range(n):
@@ -32,9 +44,9 @@ def reference_gigpo(
             acc = rewards[rows[s]] + gamma * acc
             to_go[rows[s]] = acc
 
-    def normalized(x, members):
+    def normalized(x, members, alone=0.0):
         if len(members) == 1:
-            return 0.0
+            return alone
         mean = sum(members) / len(members)
         std = math.sqrt(sum((m - mean) ** 2 for m in members) / (len(members) - 1))
         return (x - mean) / (std + eps) if norm == "std" else x - mean
@@ -51,10 +63,93 @@ def reference_gigpo(
         step_members[(uid[i], anchor[i])].append(to_go[i])
     out = []
     for i in range(n):
-        a_e = normalized(episode_return[traj[i]], episode_members[uid[i]])
+        r = episode_return[traj[i]]
+        a_e = normalized(
+            r, episode_members[uid[i]], alone=(r / (1 + eps) if norm == "std" else r) * (singleton == "raw")
+        )
         a_s = normalized(to_go[i], step_members[(uid[i], anchor[i])])
         out.append(a_e + omega * a_s)
     return torch.tensor(out)
+
+
+def verl_agent_gigpo(
+    env_rewards,
+    invalid,
+    uid,
+    traj,
+    step,
+    anchor_obs,
+    gamma=0.95,
+    penalty=0.1,
+    mode="mean_std_norm",
+    w=1.0,
+    similarity=False,
+    thresh=0.95,
+    eps=1e-6,
+):
+    """verl-agent's GiGPO pipeline, transcribed in our own words as per-row Python loops over lists
+    (gigpo/core_gigpo.py + verl/trainer/ppo/ray_trainer.py of xlan156/verl-agent, which carries upstream's files):
+
+    1. `compute_step_discounted_returns`: each trajectory's discounted return-to-go over the env rewards
+       (the reference walks a trajectory's rows in batch order; here in step order, which it assumes);
+    2. the reward manager puts the episode's total env reward on every row as its score;
+    3. `apply_invalid_action_penalty`: an invalid row loses `penalty` from its score and its step return;
+    4. `episode_norm_reward` (compute_mean_std_cross_steps=True): every row of a uid is a member; a group of
+       one has mean 0 and std 1; std is torch.std (unbiased); mean_norm drops the division;
+    5. `build_step_group`: rows of a uid with equal anchors (or, with similarity, greedy clusters against
+       each cluster's first text, difflib ratio >= thresh) share a step group;
+    6. `step_norm_reward`: the same normalization in step groups, a group of one has mean = itself, std 1;
+    7. the advantage is episode + w * step.
+    """
+    n = len(env_rewards)
+    score = [0.0] * n
+    step_return = [0.0] * n
+    for t in set(traj):
+        rows = sorted((i for i in range(n) if traj[i] == t), key=lambda i: step[i])
+        total, running = sum(env_rewards[i] for i in rows), 0.0
+        for i in reversed(rows):
+            running = env_rewards[i] + gamma * running
+            step_return[i] = running
+        for i in rows:
+            score[i] = total
+    for i in range(n):
+        if invalid[i]:
+            score[i] -= penalty
+            step_return[i] -= penalty
+
+    def norm_by(values, key, alone_mean):
+        members = defaultdict(list)
+        for i in range(n):
+            members[key[i]].append(values[i])
+        out = []
+        for i in range(n):
+            m = members[key[i]]
+            if len(m) == 1:
+                mean, std = (0.0 if alone_mean == "zero" else m[0]), 1.0
+            else:
+                mean = sum(m) / len(m)
+                std = math.sqrt(sum((x - mean) ** 2 for x in m) / (len(m) - 1))
+            out.append(values[i] - mean if mode == "mean_norm" else (values[i] - mean) / (std + eps))
+        return out
+
+    episode = norm_by(score, uid, alone_mean="zero")
+    cluster = [None] * n
+    for u in sorted(set(uid)):
+        reps = []  # (first text, cluster key) in founding order
+        for i in (i for i in range(n) if uid[i] == u):
+            for text, key in reps:
+                if (
+                    (difflib.SequenceMatcher(None, anchor_obs[i], text).ratio() >= thresh)
+                    if similarity
+                    else (anchor_obs[i] == text)
+                ):
+                    cluster[i] = key
+                    break
+            else:
+                cluster[i] = (u, len(reps))
+                reps.append((anchor_obs[i], cluster[i]))
+    step_adv = norm_by(step_return, cluster, alone_mean="self")
+    return torch.tensor([e + w * a for e, a in zip(episode, step_adv, strict=True)])
 
 
 def random_batch(seed, groups=6, max_trajs=5, max_len=8, states=4, discrete=False):
@@ -89,10 +184,83 @@ def as_tensors(rewards, uid, traj, step, anchor):
 def test_matches_loop_reference(seed, norm, episode_stats):
     cols = random_batch(seed, discrete=seed % 2 == 1)
     gamma, omega = (0.95, 1.0) if seed < 2 else (0.8, 0.5)
-    adv = gigpo_advantages(*as_tensors(*cols), gamma=gamma, omega=omega, norm=norm, episode_stats=episode_stats)
-    expected = reference_gigpo(*cols, gamma=gamma, omega=omega, norm=norm, episode_stats=episode_stats)
+    kw = dict(gamma=gamma, omega=omega, norm=norm, episode_stats=episode_stats, singleton=("raw", "zero")[seed % 2])
+    adv = gigpo_advantages(*as_tensors(*cols), **kw)
+    expected = reference_gigpo(*cols, **kw)
     assert adv.shape == (len(cols[0]),)
     assert torch.allclose(adv, expected, atol=1e-4, rtol=1e-4)
+
+
+def random_agent_batch(seed, groups=5, max_trajs=6, max_len=7, states=3):
+    """ALFWorld-like rows: sparse env rewards, invalid actions, text anchors from a few states (repeating
+    across and within trajectories); one uid's rows are contiguous, steps in order (as verl-agent's batch).
+    Returns lists (env_rewards, invalid, uid, traj, step, anchor_text)."""
+    rng = random.Random(seed)
+    rows, traj_id = [], 0
+    for g in range(groups):
+        for _ in range(rng.randint(1, max_trajs)):
+            traj_id += 1
+            length = rng.randint(1, max_len)
+            for s in range(length):
+                r = 10.0 if s == length - 1 and rng.random() < 0.3 else 0.0
+                text = f"room {g} state {rng.randrange(states)}" + " seen" * rng.randrange(2)
+                rows.append((r, rng.random() < 0.3, 40 + g, traj_id, s, text))
+    return [list(col) for col in zip(*rows, strict=True)]
+
+
+@pytest.mark.parametrize("mode", ["mean_std_norm", "mean_norm"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_verl_agent_with_invalid_action_penalty(seed, mode):
+    rewards, invalid, uid, traj, step, texts = random_agent_batch(seed)
+    expected = verl_agent_gigpo(rewards, invalid, uid, traj, step, texts, mode=mode)
+    anchor_ids = {t: k for k, t in enumerate(dict.fromkeys(texts))}
+    adv = gigpo_advantages(
+        torch.tensor(rewards),
+        torch.tensor(uid),
+        torch.tensor(traj),
+        torch.tensor(step),
+        torch.tensor([anchor_ids[t] for t in texts]),
+        penalty=0.1 * torch.tensor(invalid, dtype=torch.float32),
+        norm="std" if mode == "mean_std_norm" else "mean",
+    )
+    assert torch.allclose(adv, expected, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_similarity_mode_matches_verl_agent(seed):
+    rewards, invalid, uid, traj, step, texts = random_agent_batch(seed, states=4)
+    # observations of which difflib's 0.95 merges some (the two countertop views) and not others (33 distinct
+    # (uid, text) pairs form 21 and 23 clusters for these seeds)
+    states = [KITCHEN, KITCHEN_TAKEN, FRIDGE, FRIDGE.replace("closed", "open")]
+    texts = [states[int(t.split()[3])] + (" Nothing happens." if t.endswith("seen") else "") for t in texts]
+    expected = verl_agent_gigpo(rewards, invalid, uid, traj, step, texts, similarity=True, thresh=0.95)
+    trajs: dict[int, Trajectory] = {}
+    for r, bad, u, t, _, text in zip(rewards, invalid, uid, traj, step, texts, strict=True):
+        trajs.setdefault(t, Trajectory(uid=u, seed=u, task="t")).steps.append(_step(r, text, bad))
+    batch = build_batch(list(trajs.values()), pad_token_id=0)
+    adv = ALGOS.get("gigpo")(batch, _cfg(anchor="similarity"))
+    assert torch.allclose(adv.sum(1) / batch.response_mask.sum(1), expected, atol=1e-4, rtol=1e-5)
+
+
+def test_invalid_action_in_the_middle_costs_only_its_own_row():
+    # uid 0: trajectory A visits (a, b, c), its middle action is invalid, and it succeeds (reward 1 at the
+    # end); trajectory B visits (a, b) and fails. Penalty 0.1, gamma 0.95, norm="mean", the defaults else.
+    # Scores (step rows): A (1, 0.9, 1), B (0, 0): mean 0.58 -> A^E = A (0.42, 0.32, 0.42), B (-0.58, -0.58).
+    # Step returns of env rewards: A (0.9025, 0.95, 1) -> the invalid row alone: 0.95 - 0.1 = 0.85; B (0, 0).
+    # Step groups: a {0.9025, 0} -> +-0.45125; b {0.85, 0} -> +-0.425; c alone -> 0.
+    rewards = torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0])
+    uid = torch.zeros(5, dtype=torch.long)
+    traj = torch.tensor([0, 0, 0, 1, 1])
+    step = torch.tensor([0, 1, 2, 0, 1])
+    anchor = torch.tensor([0, 1, 2, 0, 1])
+    penalty = torch.tensor([0.0, 0.1, 0.0, 0.0, 0.0])
+    adv = gigpo_advantages(rewards, uid, traj, step, anchor, penalty=penalty, norm="mean")
+    expected = [0.42 + 0.45125, 0.32 + 0.425, 0.42, -0.58 - 0.45125, -0.58 - 0.425]
+    assert torch.allclose(adv, torch.tensor(expected), atol=1e-6)
+    # Folding it into the reward instead (the old rule) discounts it into A's first step and lowers every
+    # A row's score: a different method, kept as penalty_rule=folded.
+    folded = gigpo_advantages(rewards - penalty, uid, traj, step, anchor, norm="mean")
+    assert not torch.allclose(folded, adv, atol=1e-3)
 
 
 def test_hand_computed_revisits_groups_of_one_and_uid_separation():
@@ -111,18 +279,27 @@ def test_hand_computed_revisits_groups_of_one_and_uid_separation():
     #   unbiased var (0.0720028 + 0.1338340 + 0.4021674)/2 = 0.3040021, std 0.5513638
     #   -> A^S = (0.4866720, 0.6635062, -1.1501782). (0, b) and (0, c) are singletons -> 0.
     # Step group (1, a) = {1, 0}: A^S = +-1/sqrt(2).
-    adv = gigpo_advantages(rewards, uid, traj, step, anchor, eps=0.0)
+    paper = dict(episode_stats="trajectory", singleton="zero")
+    adv = gigpo_advantages(rewards, uid, traj, step, anchor, eps=0.0, **paper)
     expected = [R2 + 0.4866720, R2, R2 + 0.6635062, -R2 - 1.1501782, -R2, R2, -R2]
     assert torch.allclose(adv, torch.tensor(expected), atol=1e-6)
 
     # norm="mean": A^E = +-0.5 (uid 0), A^S = the deviations above; omega scales A^S only.
-    adv = gigpo_advantages(rewards, uid, traj, step, anchor, norm="mean", omega=2.0)
+    adv = gigpo_advantages(rewards, uid, traj, step, anchor, norm="mean", omega=2.0, **paper)
     expected = [0.5 + 2 * 0.2683333, 0.5, 0.5 + 2 * 0.3658333, -0.5 - 2 * 0.6341667, -0.5, 1.0, -1.0]
     assert torch.allclose(adv, torch.tensor(expected), atol=1e-6)
 
     # omega = 0 -> A^E only.
-    adv = gigpo_advantages(rewards, uid, traj, step, anchor, omega=0.0, eps=0.0)
+    adv = gigpo_advantages(rewards, uid, traj, step, anchor, omega=0.0, eps=0.0, **paper)
     assert torch.allclose(adv, torch.tensor([R2, R2, R2, -R2, -R2, 0.0, 0.0]), atol=1e-6)
+
+    # The defaults (verl-agent): step-row members and a raw score for a group of one. uid 0 members
+    # (1, 1, 1, 0, 0): mean 0.6, unbiased std sqrt(0.3) -> (1 - 0.6)/0.5477226 = 0.7302967, -1.0954451;
+    # uid 1's two rows are one trajectory: members (1, 1), equal -> 0 (one-member groups only get the raw score).
+    adv = gigpo_advantages(rewards, uid, traj, step, anchor, omega=0.0, eps=0.0)
+    assert torch.allclose(adv, torch.tensor([0.7302967] * 3 + [-1.0954451] * 2 + [0.0, 0.0]), atol=1e-6)
+    single = gigpo_advantages(rewards[5:6], uid[5:6], traj[5:6], step[5:6], anchor[5:6], omega=0.0)
+    assert torch.allclose(single, torch.tensor([1.0 / (1 + 1e-6)]))  # mean 0, std 1: the raw score
 
 
 def test_std_norm_is_mean_norm_divided_by_step_group_std():
@@ -173,7 +350,8 @@ def test_episode_stats_trajectory_vs_step_rows_uneven_lengths():
         torch.tensor([0, 1, 2, 0]),
         torch.arange(4),
     )
-    assert torch.allclose(gigpo_advantages(*cols, eps=0.0), torch.tensor([-R2, -R2, -R2, R2]), atol=1e-6)
+    adv = gigpo_advantages(*cols, eps=0.0, episode_stats="trajectory")
+    assert torch.allclose(adv, torch.tensor([-R2, -R2, -R2, R2]), atol=1e-6)
     adv = gigpo_advantages(*cols, eps=0.0, episode_stats="step_rows")
     assert torch.allclose(adv, torch.tensor([-0.5, -0.5, -0.5, 1.5]), atol=1e-6)
 
@@ -193,7 +371,7 @@ def test_equal_returns_give_exact_zero():
 def test_no_repeated_anchors_is_grpo(norm):
     rewards, uid, traj, step, _ = as_tensors(*random_batch(5))
     anchor = torch.arange(rewards.numel())  # every (uid, anchor) unique -> all step groups are singletons
-    adv = gigpo_advantages(rewards, uid, traj, step, anchor, norm=norm)
+    adv = gigpo_advantages(rewards, uid, traj, step, anchor, norm=norm, episode_stats="trajectory", singleton="zero")
     unique_traj, inverse = torch.unique(traj, return_inverse=True)
     returns = torch.zeros(unique_traj.numel()).index_add_(0, inverse, rewards)
     traj_uid = torch.zeros(unique_traj.numel(), dtype=torch.long).scatter_(0, inverse, uid)
@@ -210,8 +388,9 @@ def test_one_step_trajectories_sharing_an_anchor_double_grpo(episode_stats):
     uid = torch.randint(0, 4, (n,), generator=g)
     grpo = grpo_advantages(rewards, uid)
     zeros = torch.zeros(n, dtype=torch.long)
-    a_s = gigpo_advantages(rewards, uid, torch.arange(n), zeros, zeros + 9, episode_stats=episode_stats, omega=1.0)
-    a_e = gigpo_advantages(rewards, uid, torch.arange(n), zeros, zeros + 9, episode_stats=episode_stats, omega=0.0)
+    kw = dict(episode_stats=episode_stats, singleton="zero")
+    a_s = gigpo_advantages(rewards, uid, torch.arange(n), zeros, zeros + 9, omega=1.0, **kw)
+    a_e = gigpo_advantages(rewards, uid, torch.arange(n), zeros, zeros + 9, omega=0.0, **kw)
     assert torch.allclose(a_s - a_e, grpo, atol=1e-5)
     assert torch.allclose(a_s, 2 * grpo, atol=1e-5)
 
@@ -244,14 +423,15 @@ FRIDGE = "You arrive at fridge 1. The fridge 1 is closed."
 
 def test_similar_texts_merge_and_different_ones_do_not():
     assert fuzz.ratio(KITCHEN, KITCHEN_TAKEN) >= 90 > fuzz.ratio(KITCHEN, FRIDGE)
-    ids = similarity_anchor_ids([KITCHEN, FRIDGE, KITCHEN_TAKEN, FRIDGE, KITCHEN], torch.zeros(5, dtype=torch.long))
+    texts = [KITCHEN, FRIDGE, KITCHEN_TAKEN, FRIDGE, KITCHEN]
+    ids = similarity_anchor_ids(texts, torch.zeros(5, dtype=torch.long), 0.9, "indel")
     assert ids.tolist() == [0, 1, 0, 1, 0]
     assert ids.dtype == torch.int64
 
 
 def test_clusters_never_cross_groups_and_ids_are_global():
     texts = [KITCHEN, KITCHEN, KITCHEN_TAKEN, FRIDGE, KITCHEN_TAKEN]
-    ids = similarity_anchor_ids(texts, torch.tensor([4, 9, 4, 9, 9]))
+    ids = similarity_anchor_ids(texts, torch.tensor([4, 9, 4, 9, 9]), 0.9, "indel")
     # uid 4: {KITCHEN, KITCHEN_TAKEN} -> one cluster (id 0); uid 9: KITCHEN + KITCHEN_TAKEN (1), FRIDGE (2).
     assert ids.tolist() == [0, 1, 0, 2, 1]
 
@@ -260,8 +440,9 @@ def test_identical_texts_always_merge():
     # threshold 1.0: only identical texts merge; a threshold above 1 still merges identical texts.
     texts = [KITCHEN, KITCHEN_TAKEN, KITCHEN, KITCHEN_TAKEN]
     uid = torch.zeros(4, dtype=torch.long)
-    assert similarity_anchor_ids(texts, uid, threshold=1.0).tolist() == [0, 1, 0, 1]
-    assert similarity_anchor_ids(texts, uid, threshold=1.5).tolist() == [0, 1, 0, 1]
+    for scorer in ("difflib", "indel"):
+        assert similarity_anchor_ids(texts, uid, threshold=1.0, scorer=scorer).tolist() == [0, 1, 0, 1]
+        assert similarity_anchor_ids(texts, uid, threshold=1.5, scorer=scorer).tolist() == [0, 1, 0, 1]
 
 
 def test_greedy_compares_with_the_cluster_representative_only():
@@ -270,26 +451,29 @@ def test_greedy_compares_with_the_cluster_representative_only():
     assert fuzz.ratio(a, b) == fuzz.ratio(b, c) == 90.0 and fuzz.ratio(a, c) == 80.0
     uid = torch.zeros(3, dtype=torch.long)
     # b joins a's cluster; c is similar to b but is compared with the representative a only -> new cluster.
-    assert similarity_anchor_ids([a, b, c], uid).tolist() == [0, 0, 1]
+    assert similarity_anchor_ids([a, b, c], uid, 0.9, "indel").tolist() == [0, 0, 1]
     # first-appearance order decides the representatives.
-    assert similarity_anchor_ids([c, b, a], uid).tolist() == [0, 0, 1]
-    assert similarity_anchor_ids([b, a, c], uid).tolist() == [0, 0, 0]
+    assert similarity_anchor_ids([c, b, a], uid, 0.9, "indel").tolist() == [0, 0, 1]
+    assert similarity_anchor_ids([b, a, c], uid, 0.9, "indel").tolist() == [0, 0, 0]
 
 
 # ------------------------------------------------------------------------------------ registered algo
-def _traj(uid, rewards, anchors, response_len=2):
-    steps = [
-        Step(
-            prompt_ids=[1, 1],
-            response_ids=[2] * response_len,
-            logprobs=[-0.5] * response_len,
-            response_text="x",
-            action="x",
-            reward=r,
-            anchor=a,
-        )
-        for r, a in zip(rewards, anchors, strict=True)
-    ]
+def _step(reward, anchor, invalid=False, response_len=2):
+    return Step(
+        prompt_ids=[1, 1],
+        response_ids=[2] * response_len,
+        logprobs=[-0.5] * response_len,
+        response_text="x",
+        action=None if invalid else "x",
+        reward=reward,
+        anchor=anchor,
+        invalid=invalid,
+        penalty=0.1 if invalid else 0.0,
+    )
+
+
+def _traj(uid, rewards, anchors, response_len=2, invalid=()):
+    steps = [_step(r, a, k in invalid, response_len) for k, (r, a) in enumerate(zip(rewards, anchors, strict=True))]
     return Trajectory(uid=uid, seed=uid, task="t", steps=steps)
 
 
@@ -300,17 +484,45 @@ def _cfg(**overrides):
 def test_registered_algo_tokens_and_reference():
     trajs = [
         _traj(0, [0.0, 0.0, 1.0], [KITCHEN, FRIDGE, KITCHEN]),
-        _traj(0, [0.0, -0.1], [KITCHEN, "You open the fridge 1."], response_len=3),
+        _traj(0, [0.0, 0.0], [KITCHEN, "You open the fridge 1."], response_len=3, invalid=(1,)),
         _traj(1, [1.0, 0.0], [FRIDGE, FRIDGE]),
     ]
     batch = build_batch(trajs, pad_token_id=0)
-    adv = ALGOS.get("gigpo")(batch, _cfg())
+    assert batch.penalty.tolist() == pytest.approx([0, 0, 0, 0, 0.1, 0, 0])  # apart from the env's rewards
+    cols = [batch.uid.tolist(), batch.traj.tolist(), batch.step.tolist(), batch.anchor_text]
+    # the default rule (row): verl-agent's computation
+    adv = ALGOS.get("gigpo")(apply_penalty_rule(batch, "row"), _cfg())
     assert adv.shape == batch.input_ids.shape
     assert torch.all(adv[batch.response_mask == 0] == 0)  # prompt and padding carry no credit
     per_row = adv.sum(1) / batch.response_mask.sum(1)
-    cols = [batch.rewards.tolist(), batch.uid.tolist(), batch.traj.tolist(), batch.step.tolist(), batch.anchor.tolist()]
-    assert torch.allclose(per_row, reference_gigpo(*cols), atol=1e-5)
+    expected = verl_agent_gigpo(batch.rewards.tolist(), batch.invalid.tolist(), *cols)
+    assert torch.allclose(per_row, expected, atol=1e-5)
     assert torch.allclose(adv, per_row[:, None] * batch.response_mask)  # every response token carries it
+    # folded: the paper's equations on rewards that carry the penalty
+    folded = apply_penalty_rule(batch, "folded")
+    assert folded.rewards.tolist()[4] == pytest.approx(-0.1) and not folded.penalty.any()
+    adv = ALGOS.get("gigpo")(folded, _cfg(penalty_rule="folded", episode_stats="trajectory", singleton="zero"))
+    rows = [
+        folded.rewards.tolist(),
+        batch.uid.tolist(),
+        batch.traj.tolist(),
+        batch.step.tolist(),
+        batch.anchor.tolist(),
+    ]
+    assert torch.allclose(adv.sum(1) / batch.response_mask.sum(1), reference_gigpo(*rows), atol=1e-5)
+
+
+def test_similarity_scorers_differ_where_difflib_is_asymmetric():
+    # difflib's ratio depends on the argument order; verl-agent asks ratio(new text, representative).
+    short, long = "baabb", "bbabbbaaa"
+    assert difflib.SequenceMatcher(None, short, long).ratio() < 0.5 < difflib.SequenceMatcher(None, long, short).ratio()
+    assert fuzz.ratio(short, long) / 100 > 0.5
+    uid = torch.zeros(2, dtype=torch.long)
+    assert similarity_anchor_ids([long, short], uid, 0.5, "difflib").tolist() == [0, 1]  # ratio(short, long)
+    assert similarity_anchor_ids([short, long], uid, 0.5, "difflib").tolist() == [0, 0]  # ratio(long, short)
+    assert similarity_anchor_ids([long, short], uid, 0.5, "indel").tolist() == [0, 0]
+    with pytest.raises(ValueError, match="scorer"):
+        similarity_anchor_ids([long], uid[:1], 0.5, "jaccard")
 
 
 def test_registered_similarity_equals_exact_when_texts_identical_or_very_different():
@@ -342,4 +554,5 @@ def test_config_file_composes_and_validates():
         cfg = compose("train", overrides=["run_name=t", "algo=gigpo"])
     validate(cfg)
     assert cfg.algo.name == "gigpo" and str(cfg.algo.anchor) == "exact" and cfg.algo.gamma == 0.95
-    assert (cfg.algo.omega, cfg.algo.similarity_threshold, str(cfg.algo.episode_stats)) == (1.0, 0.9, "trajectory")
+    assert (cfg.algo.omega, cfg.algo.similarity_threshold, str(cfg.algo.episode_stats)) == (1.0, 0.95, "step_rows")
+    assert (str(cfg.algo.penalty_rule), str(cfg.algo.singleton), str(cfg.algo.similarity)) == ("row", "raw", "difflib")

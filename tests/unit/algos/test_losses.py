@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from calmrl.algos.losses import kl_low_var, masked_mean, ppo_clip_loss, reinforce_loss
@@ -50,3 +51,39 @@ def test_kl_low_var_is_nonnegative_and_zero_at_equality():
     assert torch.all(kl > 0)
     d = ref[0] - logp[0]
     assert torch.isclose(kl[0], torch.exp(d) - d - 1)
+
+
+def verl_policy_loss(old, logp, adv, mask, clip=0.2, clip_c=3.0):
+    """verl's `compute_policy_loss` (verl/trainer/ppo/core_algos.py, as in xlan156/verl-agent), token-mean, in our
+    own words: the clipped surrogate, then on negative-advantage tokens also capped at -A * clip_c."""
+    ratio = torch.exp(logp - old)
+    loss1, loss2 = -adv * ratio, -adv * torch.clamp(ratio, 1 - clip, 1 + clip)
+    clipped = torch.maximum(loss1, loss2)
+    capped = torch.minimum(-adv * clip_c, clipped)
+    per_token = torch.where(adv < 0, capped, clipped)
+    return (per_token * mask).sum() / mask.sum()
+
+
+def test_dual_clip_caps_negative_advantages_only():
+    # ratio 5 with A = -1: the clipped surrogate's loss is 5, dual-clip caps it at 3; with A = +1 it is -1.2
+    # either way; ratio 0.5 with A = -1: 0.8 (below the cap).
+    logp = torch.log(torch.tensor([[5.0, 5.0, 0.5]]))
+    old, adv, mask = torch.zeros(1, 3), torch.tensor([[-1.0, 1.0, -1.0]]), torch.ones(1, 3)
+    plain, _ = ppo_clip_loss(logp, old, adv, mask, clip_ratio=0.2)
+    dual, _ = ppo_clip_loss(logp, old, adv, mask, clip_ratio=0.2, dual_clip=3.0)
+    assert plain.item() == pytest.approx((5.0 - 1.2 + 0.8) / 3)
+    assert dual.item() == pytest.approx((3.0 - 1.2 + 0.8) / 3)
+    # the cap has no gradient: the capped token stops pushing
+    logp.requires_grad_(True)
+    grad = torch.autograd.grad(ppo_clip_loss(logp, old, adv, mask, dual_clip=3.0)[0], logp)[0]
+    assert grad[0, 0] == 0 and grad[0, 2] == 0 and grad[0, 1] == 0  # clipped (ratio 5 > 1.2), capped, clipped
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dual_clip_matches_verl(seed):
+    g = torch.Generator().manual_seed(seed)
+    logp, old = torch.randn(6, 9, generator=g), torch.randn(6, 9, generator=g)
+    adv = torch.randn(6, 9, generator=g) * 2
+    mask = (torch.rand(6, 9, generator=g) < 0.8).float()
+    ours, _ = ppo_clip_loss(logp, old, adv, mask, clip_ratio=0.2, dual_clip=3.0)
+    assert ours.item() == pytest.approx(verl_policy_loss(old, logp, adv, mask).item(), rel=1e-6)

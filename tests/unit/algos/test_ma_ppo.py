@@ -163,15 +163,26 @@ def _starts_per_row(starts):
     return [row.nonzero().flatten().tolist() for row in starts]
 
 
-@pytest.mark.parametrize("termination", ["ngram", "random", "perplexity", "parse"])
-def test_boundaries_are_unique_sorted_and_cover_each_response(termination):
+@pytest.mark.parametrize(
+    "termination, repeat",
+    [("ngram", None), ("random", None), ("random", 1), ("perplexity", None), ("parse", None)],
+)
+def test_boundaries_are_unique_sorted_and_cover_each_response(termination, repeat):
     g = torch.Generator().manual_seed(0)
     _, _, mask, _, _ = random_batch(4, num_traj=8, width=30)
     ids = torch.randint(0, 50, mask.shape, generator=g)
     logprobs = -torch.rand(mask.shape, generator=g) * mask
     ends = torch.rand(50, generator=g) < 0.3
     starts = macro_starts(
-        termination, mask, input_ids=ids, logprobs=logprobs, n=4, ends_macro=ends, generator=g, last_token_macro=True
+        termination,
+        mask,
+        input_ids=ids,
+        logprobs=logprobs,
+        n=4,
+        repeat=repeat,
+        ends_macro=ends,
+        generator=g,
+        last_token_macro=True,
     )
     for row, cols in enumerate(_starts_per_row(starts)):
         resp = mask[row].nonzero().flatten().tolist()
@@ -220,11 +231,173 @@ def test_parse_starts_after_a_macro_ending_token():
     assert _starts_per_row(finalize_starts(starts, mask, last_token_macro=False)) == [[1, 3, 6]]
 
 
-def test_perplexity_starts_where_the_perplexity_rises():
-    lp = torch.tensor([[0.0, -1.0, -0.5, -2.0, -3.0, -0.1]])
-    mask = torch.tensor([[0, 1, 1, 1, 1, 1]], dtype=torch.float32)
-    # ppl_t > ppl_{t-1}  <=>  log p_t < log p_{t-1}: at -2.0 (after -0.5) and -3.0 (after -2.0)
-    assert _starts_per_row(perplexity_starts(lp, mask)) == [[3, 4]]
+def test_perplexity_starts_a_macro_at_the_token_before_the_rise():
+    # Row 0, columns 1-5 are the response (column 0 the prompt); ppl = exp(-log p):
+    #   column    1      2      3      4      5
+    #   log p   -1.0   -0.5   -2.0   -3.0   -0.1
+    #   ppl     2.72   1.65   7.39  20.09   1.11
+    # ppl rises from column 2 to 3 and from 3 to 4: the token before each rise, columns 2 and 3, starts a
+    # macro. Row 1, columns 1-3 (then padding with a low log-prob that must not count as a rise):
+    #   log p   -0.5   -0.2   -3.0  | -9.0  -9.0      ppl 1.65, 1.22, 20.09: the rise 2 -> 3 starts column 2.
+    lp = torch.tensor([[0.0, -1.0, -0.5, -2.0, -3.0, -0.1], [0.0, -0.5, -0.2, -3.0, -9.0, -9.0]])
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1], [0, 1, 1, 1, 0, 0]], dtype=torch.float32)
+    assert _starts_per_row(perplexity_starts(lp, mask)) == [[2, 3], [2]]
+    # Finalized as the reference does (first token opens, the last token is a macro of its own):
+    # row 0 macros [1] [2] [3, 4] [5]; row 1 macros [1] [2] [3]. Starting at the risen token instead
+    # (the old rule) gave [1, 2] [3] [4] [5] and [1, 2] [3].
+    starts = macro_starts("perplexity", mask, logprobs=lp, last_token_macro=True)
+    assert _starts_per_row(starts) == [[1, 2, 3, 5], [1, 2, 3]]
+    assert _starts_per_row(macro_starts("perplexity", mask, logprobs=lp, last_token_macro=False)) == [
+        [1, 2, 3],
+        [1, 2],
+    ]
+    # The boundary moves the credit: values 1..5 on row 0, reward 1 on its last token, lam = 0 (A_k = delta_k).
+    v = torch.tensor([[0.0, 1, 2, 3, 4, 5]])
+    r = torch.tensor([[0.0, 0, 0, 0, 0, 1]])
+    adv, _ = macro_gae_advantages(
+        r, v, mask[:1], starts[:1], torch.tensor([0]), torch.tensor([0]), gamma=1.0, lam=0.0, agg="mean"
+    )
+    # V = [1, 2, 3.5, 5], r = [0, 0, 0, 1]: A = [2 - 1, 3.5 - 2, 5 - 3.5, 1 - 5]
+    assert adv[0].tolist() == pytest.approx([0, 1, 1.5, 1.5, 1.5, -4])
+
+
+# ---------------------------------------------------------------- the authors' loops, transcribed
+def _reference_chunks(bounds: list[int], n: int) -> list[list[int]]:
+    """MA-RLHF's split of one response (`modeling_macro_action`): chunk sizes are the gaps between the
+    recorded macro starts plus a final chunk of 1, the last token. A repeated start gives a chunk of size
+    0, an empty macro that owns no token; it is dropped here (calmrl has no such macro).
+
+    bounds: macro starts as response indices, the last one n - 1. Returns the macros as lists of indices.
+    """
+    sizes = [b - a for a, b in zip(bounds, bounds[1:], strict=False)] + [1]
+    assert sum(sizes) == n
+    macros, first = [], 0
+    for size in sizes:
+        if size:
+            macros.append(list(range(first, first + size)))
+        first += size
+    return macros
+
+
+def _reference_ppl_macros(ppl: list[float]) -> list[list[int]]:
+    """`ppl_selection` for one response: walk neighbour pairs and record i whenever the perplexity goes up
+    from token i to token i + 1; put token 0 in front if it is missing; close with the last index."""
+    bounds = [i for i in range(len(ppl) - 1) if ppl[i + 1] > ppl[i]]
+    if 0 not in bounds:
+        bounds = [0, *bounds]
+    return _reference_chunks([*bounds, len(ppl) - 1], len(ppl))
+
+
+def _reference_fixed_macros(n: int, ngram: int) -> list[list[int]]:
+    """`fixed_ngram_selection` for one n-token response: count tokens over all but the last one and record
+    a start after every `ngram` of them; close with the last index (which may repeat the previous start)."""
+    bounds, count = [0], 0
+    for i in range(n - 1):
+        count += 1
+        if count == ngram:
+            bounds.append(i + 1)
+            count = 0
+    return _reference_chunks([*bounds, n - 1], n)
+
+
+def _reference_random_macros(n: int, shuffled: list[int]) -> list[list[int]]:
+    """`randomized_ngram_selection` for one n-token response, given the already shuffled pool of lengths:
+    the same walk as the fixed rule with the next pool entry as the target; when the pool is used up the
+    walk stops and the rest is one macro up to the closing last index."""
+    bounds, count, k = [0], 0, 0
+    for i in range(n - 1):
+        count += 1
+        if count == shuffled[k]:
+            bounds.append(i + 1)
+            count, k = 0, k + 1
+            if k == len(shuffled):
+                break
+    return _reference_chunks([*bounds, n - 1], n)
+
+
+def _macros_per_row(starts: torch.Tensor, mask: torch.Tensor) -> list[list[list[int]]]:
+    """calmrl's partition of each row's response, as lists of response indices (0 = first response token)."""
+    out = []
+    for row in range(mask.shape[0]):
+        cols = mask[row].nonzero().flatten().tolist()
+        assert bool(starts[row, cols[0]])
+        macros = []
+        for j, col in enumerate(cols):
+            if starts[row, col]:
+                macros.append([])
+            macros[-1].append(j)
+        out.append(macros)
+    return out
+
+
+def _random_rows(seed: int, rows: int = 60, width: int = 24):
+    """[rows, width] masks: a prompt of 1-4 tokens, then a response of 1..rest tokens (row 0: exactly 1)."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(rows, width)
+    for r in range(rows):
+        prompt = int(torch.randint(1, 5, (1,), generator=g))
+        resp = 1 if r == 0 else int(torch.randint(1, width - prompt + 1, (1,), generator=g))
+        mask[r, prompt : prompt + resp] = 1
+    return mask, g
+
+
+def test_perplexity_partitions_equal_the_reference_loop_on_random_rows():
+    mask, g = _random_rows(11)
+    logprobs = -3 * torch.rand(mask.shape, generator=g)  # garbage outside the response on purpose
+    logprobs[::2] = (logprobs[::2] * 4).round() / 4  # every other row on a 0.25 grid: ties must not start macros
+    starts = macro_starts("perplexity", mask, logprobs=logprobs, last_token_macro=True)
+    ours = _macros_per_row(starts, mask)
+    # the reference's perplexity of each response token, exp(cross-entropy) = exp(-log p), row by row
+    ppl = torch.exp(-logprobs.double())
+    reference = [_reference_ppl_macros(ppl[r][mask[r] > 0].tolist()) for r in range(mask.shape[0])]
+    assert ours == reference
+    assert sum(len(m) for m in ours) > 2 * mask.shape[0]  # the rows do have inner boundaries
+
+
+@pytest.mark.parametrize("ngram", [1, 2, 3, 5])
+def test_ngram_partitions_equal_the_reference_loop_on_random_rows(ngram):
+    mask, _ = _random_rows(12)
+    starts = macro_starts("ngram", mask, n=ngram, last_token_macro=True)
+    lengths = mask.sum(1).long().tolist()
+    assert _macros_per_row(starts, mask) == [_reference_fixed_macros(n, ngram) for n in lengths]
+
+
+@pytest.mark.parametrize("repeat", [1, 3])
+def test_random_repeat_partitions_equal_the_reference_loop_on_random_rows(repeat):
+    mask, _ = _random_rows(13, width=40)
+    lengths = [1, 2, 3, 5, 10]
+    starts = macro_starts(
+        "random",
+        mask,
+        lengths=lengths,
+        repeat=repeat,
+        generator=torch.Generator().manual_seed(4),
+        last_token_macro=True,
+    )
+    # Replay the same draw to get each row's shuffled pool (random_starts takes a permutation per row as
+    # the argsort of uniform noise), then walk it the reference's way.
+    pool = torch.tensor(lengths).repeat_interleave(repeat)
+    noise = torch.rand(mask.shape[0], pool.numel(), generator=torch.Generator().manual_seed(4))
+    shuffled = pool[torch.argsort(noise, dim=1)].tolist()
+    sizes = mask.sum(1).long().tolist()
+    reference = [_reference_random_macros(n, shuffled[r]) for r, n in enumerate(sizes)]
+    assert _macros_per_row(starts, mask) == reference
+    if repeat == 1:  # a pool of 21 tokens: longer responses end in a tail macro past it
+        assert any(len(m[-2]) > 10 for m in reference if len(m) > 1)
+
+
+def test_random_repeat_uses_up_the_pool_then_one_tail_macro():
+    mask = torch.zeros(1000, 40)
+    mask[:, 1:39] = 1  # 38 response tokens; the pool [1, 1, 2, 2, 3, 3] covers 12
+    starts = random_starts(mask, [1, 2, 3], torch.Generator().manual_seed(0), repeat=2)
+    orders = set()
+    for cols in _starts_per_row(starts):
+        lengths = [b - a for a, b in zip(cols, [*cols[1:], 39], strict=True)]
+        assert sorted(lengths[:6]) == [1, 1, 2, 2, 3, 3] and lengths[6:] == [26]
+        orders.add(tuple(lengths[:6]))
+    assert len(orders) == 90  # all 6! / (2! 2! 2!) orders of the pool are drawn
+    with pytest.raises(ValueError, match="random_repeat"):
+        random_starts(mask, [1, 2], repeat=0)
 
 
 def test_macro_token_table_from_the_tiny_tokenizer(tiny_policy_dir):

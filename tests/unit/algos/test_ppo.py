@@ -104,3 +104,70 @@ def test_registered_ppo_fills_returns_and_needs_values():
     # gamma = lam = 1, V = 0: every token's advantage is the reward-to-go of the trajectory = 1
     assert adv[batch.response_mask.bool()].tolist() == [1.0, 1.0, 1.0]
     assert torch.equal(batch.returns, adv)
+
+
+def verl_agent_ppo(scores, values, mask, gamma, lam):
+    """verl-agent's PPO advantages in our own words: each step row is a sequence of its own whose reward, on its
+    last valid token, is its score (`token_level_rewards`); `compute_gae_advantage_return` (verl/trainer/ppo/
+    core_algos.py of xlan156/verl-agent) runs GAE along the row with V = 0 past the end, returns = A + V, then
+    whitens A over the response tokens (`masked_whiten`: unbiased var, rsqrt(var + 1e-8))."""
+    n, length = mask.shape
+    adv = torch.zeros(n, length)
+    for i in range(n):
+        cols = [t for t in range(length) if mask[i, t]]
+        running = 0.0
+        for k in reversed(range(len(cols))):
+            t = cols[k]
+            reward = scores[i] if k == len(cols) - 1 else 0.0
+            next_value = values[i, cols[k + 1]] if k + 1 < len(cols) else 0.0
+            running = reward + gamma * next_value - values[i, t] + gamma * lam * running
+            adv[i, t] = running
+    returns = adv + values * mask
+    picked = adv[mask.bool()]
+    mean, var = picked.mean(), picked.var(unbiased=True)
+    return (adv - mean) * torch.rsqrt(var + 1e-8) * mask, returns
+
+
+@pytest.mark.parametrize("gamma, lam", [(1.0, 1.0), (0.95, 0.9)])
+def test_sequence_step_is_verl_agents_ppo(make_trajectory, gamma, lam):
+    from calmrl.config import PPOConfig
+    from calmrl.data import apply_penalty_rule
+
+    g = torch.Generator().manual_seed(4)
+    trajs = [
+        make_trajectory(0, [0.0, 0.0, 1.0], response_len=3, invalid=(1,)),
+        make_trajectory(0, [0.0, 0.0], response_len=2),
+        make_trajectory(1, [1.0], response_len=4, invalid=(0,)),
+    ]
+    batch = apply_penalty_rule(build_batch(trajs, pad_token_id=0), "row")
+    batch.values = torch.randn(batch.response_mask.shape, generator=g) * batch.response_mask
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(PPOConfig),
+        {
+            "name": "ppo",
+            "gamma": gamma,
+            "lam": lam,
+            "sequence": "step",
+            "whiten_advantages": True,
+            "penalty_rule": "row",
+        },
+    )
+    adv = ALGOS.get("ppo")(batch, cfg)
+    scores = (batch.episode_return - batch.penalty).tolist()  # (1, 0.9, 1, 0, 0, 0.9)
+    assert scores == pytest.approx([1.0, 0.9, 1.0, 0.0, 0.0, 0.9])
+    expected_adv, expected_ret = verl_agent_ppo(scores, batch.values, batch.response_mask, gamma, lam)
+    assert torch.allclose(adv, expected_adv, atol=1e-5)
+    assert torch.allclose(batch.returns, expected_ret, atol=1e-5)
+
+
+def test_penalty_rule_row_needs_sequence_step():
+    from hydra import compose, initialize_config_dir
+
+    from calmrl.cli import CONFIG_DIR
+    from calmrl.config import ConfigError, validate
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["run_name=t", "algo=ppo", "algo.penalty_rule=row"])
+        with pytest.raises(ConfigError, match="algo.sequence=step"):
+            validate(cfg)
+        validate(compose("train", overrides=["run_name=t", "algo=ppo", "algo.penalty_rule=row", "algo.sequence=step"]))

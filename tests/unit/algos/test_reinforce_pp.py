@@ -155,6 +155,22 @@ def test_registered_uses_episode_return_for_every_step_and_token_rewards(make_tr
     assert torch.allclose(adv.sum(1), torch.tensor([0.5, 0.5, 0.5, -1.5]), atol=1e-6)
 
 
+def test_registered_invalid_row_loses_its_own_penalty_only(make_trajectory):
+    # one 3-step trajectory (return 1) with an invalid middle step, one 1-step failure; no KL, one token a step.
+    # penalty_rule=row: outcomes (1, 0.9, 1, 0); folded: the return is 0.9 for all three rows -> (0.9, 0.9, 0.9, 0).
+    from calmrl.data import apply_penalty_rule
+
+    trajs = [make_trajectory(0, [0.0, 0.0, 1.0], invalid=(1,)), make_trajectory(0, [0.0])]
+    for rule, outcome in (("row", [1.0, 0.9, 1.0, 0.0]), ("folded", [0.9, 0.9, 0.9, 0.0])):
+        batch = apply_penalty_rule(build_batch(trajs, pad_token_id=0), rule)
+        batch.ref_logprobs = batch.old_logprobs.clone()
+        adv = ALGOS.get("reinforce_pp")(batch, _cfg(eps=0.0))
+        expected = reinforce_pp_advantages(
+            torch.tensor(outcome)[:, None] * batch.response_mask, batch.response_mask, eps=0.0
+        )
+        assert torch.allclose(adv, expected, atol=1e-6), rule
+
+
 def test_registered_kl_in_reward(make_trajectory):
     # one trajectory, one step, response of 2 tokens: logprob - ref = (0.5, 0), beta = 1, outcome 0
     # rewards (-0.5, 0) -> returns (-0.5, 0) -> whitened (-0.7071, 0.7071)

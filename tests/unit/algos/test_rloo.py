@@ -4,7 +4,28 @@ from omegaconf import OmegaConf
 
 from calmrl.algos import ALGOS
 from calmrl.algos.rloo import rloo_advantages
-from calmrl.data import build_batch
+from calmrl.config import RLOOConfig
+from calmrl.data import apply_penalty_rule, build_batch
+
+VERL_AGENT = {"episode_stats": "step_rows", "singleton": "raw", "penalty_rule": "row"}
+
+
+def rloo_cfg(**overrides):
+    return OmegaConf.merge(OmegaConf.structured(RLOOConfig), {"name": "rloo", **overrides})
+
+
+def verl_agent_rloo(episode_return, invalid, uid, penalty=0.1):
+    """verl-agent's `compute_rloo_outcome_advantage` (verl/trainer/ppo/core_algos.py of xlan156/verl-agent) after
+    `apply_invalid_action_penalty`, in our own words: each step row scores its episode's env return less its own
+    penalty; every row of a uid is a member; with n > 1 members, A = s * n/(n-1) - mean * n/(n-1); a lone member
+    keeps its score."""
+    score = [r - penalty * bad for r, bad in zip(episode_return, invalid, strict=True)]
+    out = []
+    for i, u in enumerate(uid):
+        members = [score[j] for j, v in enumerate(uid) if v == u]
+        n = len(members)
+        out.append(score[i] * n / (n - 1) - sum(members) / n * n / (n - 1) if n > 1 else score[i])
+    return torch.tensor(out)
 
 
 def reference_rloo(returns, uid):
@@ -74,10 +95,30 @@ def test_registered_algo_weights_trajectories_not_steps(make_trajectory):
         make_trajectory(1, [2.0], response_len=3),
     ]
     batch = build_batch(trajs, pad_token_id=0)
-    adv = ALGOS.get("rloo")(batch, OmegaConf.create({}))
+    adv = ALGOS.get("rloo")(batch, rloo_cfg())  # the defaults: the paper's per-trajectory form
     assert adv.shape == batch.input_ids.shape
     per_row = adv.sum(1) / batch.response_mask.sum(1)
     expected = [-1.0] * 3 + [1.0] + [0.0] * 2 + [-1.5] * 2 + [1.5]
     assert torch.allclose(per_row, torch.tensor(expected), atol=1e-6)
     assert torch.all(adv[batch.response_mask == 0] == 0)  # prompt and padding carry no credit
     assert adv[-1].tolist() == [0.0, 0.0, 1.5, 1.5, 1.5]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_verl_agent_form_matches_verl_agent_with_invalid_actions(make_trajectory, random_agent_trajectories, seed):
+    trajs = random_agent_trajectories(seed, n=13, p_reward=0.25)
+    trajs.append(make_trajectory(8, [0.0, 1.0], invalid=(0,)))  # a group of one trajectory
+    batch = apply_penalty_rule(build_batch(trajs, pad_token_id=0), "row")
+    adv = ALGOS.get("rloo")(batch, rloo_cfg(**VERL_AGENT))
+    expected = verl_agent_rloo(batch.episode_return.tolist(), batch.invalid.tolist(), batch.uid.tolist())
+    assert torch.allclose(adv.sum(1) / batch.response_mask.sum(1), expected, atol=1e-5)
+
+
+def test_invalid_middle_action_lowers_only_its_own_row(make_trajectory):
+    # A: 3 steps, return 1, middle action invalid -> scores (1, 0.9, 1); B: 1 step, return 0. Step-row members
+    # (1, 0.9, 1, 0), n = 4: A = s - (sum - s) / 3 -> (1 - 1.9/3, 0.9 - 2/3, 1 - 1.9/3, 0 - 2.9/3).
+    trajs = [make_trajectory(0, [0.0, 0.0, 1.0], invalid=(1,)), make_trajectory(0, [0.0])]
+    batch = apply_penalty_rule(build_batch(trajs, pad_token_id=0), "row")
+    per_row = ALGOS.get("rloo")(batch, rloo_cfg(**VERL_AGENT)).sum(1) / batch.response_mask.sum(1)
+    expected = torch.tensor([1 - 1.9 / 3, 0.9 - 2 / 3, 1 - 1.9 / 3, -2.9 / 3])
+    assert torch.allclose(per_row, expected, atol=1e-6)

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -5,7 +6,13 @@ from omegaconf import OmegaConf
 
 from calmrl.config import ConfigError
 from calmrl.envs import ENVS, make_env
-from calmrl.envs.math import MathEnv, is_correct, last_boxed, load_problems, split_steps
+from calmrl.envs.math import (
+    MathEnv,
+    is_correct,
+    last_boxed,
+    load_problems,
+    split_steps,
+)
 from calmrl.policy import PromptTemplate
 
 DATA = Path(__file__).parents[2] / "data" / "math"
@@ -70,7 +77,7 @@ def test_reset_step_reward_and_termination():
     assert obs.anchor == "train:3" and obs.admissible is None
     res = env.step("The discount is 5.\n\nSo the price is 15 dollars.")
     assert (res.reward, res.done) == (1.0, True)
-    assert res.info == {"success": True, "category": "gsm8k", "steps": 2}
+    assert res.info == {"success": True, "category": "gsm8k", "steps": 2, "has_answer": True}
     with pytest.raises(RuntimeError, match="after the episode ended"):
         env.step("15")
     env.reset(3)
@@ -116,3 +123,72 @@ def test_vocabulary_covers_prompt_and_solutions():
     prompt = PromptTemplate("plain").build(env.task, [], env.reset(0))
     assert set(prompt.split()) <= words | set(PromptTemplate.vocabulary())
     assert "$\\boxed{\\frac{3}{4}}$." in words and "84" in words and "7" in words
+
+
+def write_records(path, records, array=False):
+    text = json.dumps(records, indent=2) if array else "\n".join(json.dumps(r) for r in records) + "\n"
+    path.write_text(text)
+    return str(path)
+
+
+def test_loads_problems_without_an_answer(tmp_path):
+    # PURE's data (a JSON array): "null" answers are withheld, the ref_answer only for success
+    pure = write_records(
+        tmp_path / "8k_math.json",
+        [
+            {"question": "What is 3 + 4?", "answer": "null", "ref_answer": "7", "level": "5"},
+            {"question": "What is 2 * 5?", "answer": "10", "ref_answer": "null", "level": "3"},
+        ],
+        array=True,
+    )
+    first, second = load_problems(pure)
+    assert (first.answer, first.reference, first.has_answer, first.gold) == (None, "7", False, "7")
+    assert (second.answer, second.reference, second.has_answer, second.category) == ("10", None, True, "8k_math")
+    mixed = write_records(
+        tmp_path / "mixed.jsonl",
+        [
+            {"question": "q1", "answer": None},  # GSM8K layout, JSON null
+            {"question": "q2", "answer": "null"},
+            {"problem": "p3", "solution": "no box here"},  # MATH without \boxed{} nor answer
+            {"problem": "p4", "solution": "so \\boxed{4}", "answer": "null"},  # withheld: the box is the reference
+            {"problem": "p5", "solution": "so \\boxed{5}", "answer": None},  # null field: the box is the answer
+        ],
+    )
+    problems = load_problems(mixed)
+    assert [p.answer for p in problems] == [None, None, None, None, "5"]
+    assert [p.reference for p in problems] == [None, None, None, "4", None]
+
+
+def test_answerless_problem_earns_no_reward_and_says_so(tmp_path):
+    data = write_records(
+        tmp_path / "pure.json",
+        [
+            {"question": "What is 3 + 4?", "answer": "null", "ref_answer": "7"},
+            {"question": "What is 5 + 5?", "answer": None, "ref_answer": None},
+        ],
+        array=True,
+    )
+    env = MathEnv(data_path=data)
+    obs = env.reset(0)
+    assert obs.anchor == "train:0"
+    res = env.step("3 + 4 = 7, so \\boxed{7}")
+    assert res.reward == 0.0 and res.done  # right, but a withheld answer is never rewarded
+    assert res.info["success"] and res.info["has_answer"] is False  # success is measured on ref_answer
+    env.reset(1)
+    res = env.step("\\boxed{10}")
+    assert (res.reward, res.info["success"], res.info["has_answer"]) == (0.0, False, False)  # nothing to check
+    # evaluation keeps only what can be checked: problem 1 has neither answer nor ref_answer
+    assert len(env.eval) == 1 and env.reset(env.eval_seed_offset + 1).text == "What is 3 + 4?"
+
+
+def test_eval_file_needs_a_checkable_problem(tmp_path):
+    blind = write_records(tmp_path / "blind.jsonl", [{"question": "q", "answer": None}])
+    MathEnv(data_path=blind, eval_data_path=GSM8K)  # training on it is fine
+    with pytest.raises(ValueError, match="no problem has an answer"):
+        MathEnv(data_path=GSM8K, eval_data_path=blind)
+
+
+def test_json_array_errors_name_the_record(tmp_path):
+    bad = write_records(tmp_path / "bad.json", [{"question": "q", "answer": "a #### 1"}, {"prompt": "q"}], array=True)
+    with pytest.raises(ValueError, match=r"bad.json\[1\]: expected GSM8K keys"):
+        load_problems(bad)

@@ -92,3 +92,30 @@ def test_kl_without_reference_is_an_error(tiny_policy):
     model, _ = tiny_policy
     with pytest.raises(ValueError, match="reference model"):
         TorchLearner(model, algo_cfg(kl_coef=0.1), LEARNER)
+
+
+def test_token_entropy_matches_the_logits(tiny_policy):
+    model, tok = tiny_policy
+    ids = torch.tensor([tok("task : reach the goal . action : north", add_special_tokens=False)["input_ids"]])
+    lp, entropy = token_logprobs(model, ids, torch.ones_like(ids), with_entropy=True)
+    assert torch.equal(lp, token_logprobs(model, ids, torch.ones_like(ids)))
+    with torch.no_grad():
+        p = torch.softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+    assert torch.allclose(entropy[0, 1:], -(p * p.log()).sum(-1), atol=1e-5) and entropy[0, 0] == 0
+
+
+def test_entropy_bonus_raises_entropy_with_zero_advantages(tiny_policy):
+    # with no advantage signal, the only gradient is the entropy bonus: the sampled tokens' distributions flatten
+    model, tok = tiny_policy
+    batch = one_step_batch(model, tok, ["north", "south", "east"], [0.0, 0.0, 0.0])
+
+    def mean_entropy(m):
+        with torch.no_grad():
+            _, ent = token_logprobs(m, batch.input_ids, batch.attention_mask, with_entropy=True)
+        return float((ent * batch.response_mask).sum() / batch.response_mask.sum())
+
+    before = mean_entropy(model)
+    # a small step: Adam's first update has a fixed size, which overshoots a tiny model already near uniform
+    metrics = TorchLearner(model, algo_cfg(entropy_coef=0.5, lr=1e-4), LEARNER).update(batch)
+    assert mean_entropy(model) > before
+    assert metrics["loss/entropy"] == pytest.approx(before, rel=1e-4)  # logged: the entropy before the step

@@ -56,6 +56,8 @@ def test_run_episodes_passes_free_form_responses_whole():
     (traj,) = run_episodes([env], [cat], [0], PromptTemplate("plain"), generate, invalid_penalty=0.5, max_steps=20)
     assert [s.action for s in traj.steps] == ["Is it an animal?\nI wonder.", None, "Is it a cat?"]
     assert [s.invalid for s in traj.steps] == [False, True, False]
-    assert [s.reward for s in traj.steps] == [-1.0, -0.5, 0.0]  # the empty reply never reached the env
+    assert [s.reward for s in traj.steps] == [-1.0, 0.0, 0.0]  # the empty reply never reached the env ...
+    assert [s.penalty for s in traj.steps] == [0.0, 0.5, 0.0]  # ... and costs the penalty, kept apart
+    assert traj.episode_return == -1.5 and traj.env_return == -1.0
     assert traj.success
     assert "Is it an animal?\nI wonder. now : Yes." in prompts[1]

@@ -60,7 +60,7 @@ def test_invalid_output_penalised_and_state_kept():
     )
     t = trajs[0]
     assert t.uid == 7 and len(t.steps) == 3 and not t.success
-    assert all(s.invalid and s.reward == -0.25 and s.action is None for s in t.steps)
+    assert all(s.invalid and (s.reward, s.penalty) == (0.0, 0.25) and s.action is None for s in t.steps)
     assert len({s.anchor for s in t.steps}) == 1
     assert abs(t.episode_return + 0.75) < 1e-9
 

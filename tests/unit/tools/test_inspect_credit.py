@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from calmrl.algos import ALGOS
 from calmrl.algos.reinforce_pp import reinforce_pp_advantages, reinforce_pp_token_rewards
-from calmrl.data import build_batch
+from calmrl.data import apply_penalty_rule, build_batch, penalty_rule
 from calmrl.registry import RegistryError
 from calmrl.tools.inspect_credit import (
     algo_config,
@@ -115,12 +115,14 @@ def test_credit_table_matches_direct_calls(group):
     table = credit_table(batch, EST)
     assert list(table) == EST
     for name in ("grpo", "rloo", "gigpo"):
-        direct = ALGOS.get(name)(batch, _algo_yaml(name))
+        cfg = _algo_yaml(name)
+        direct = ALGOS.get(name)(apply_penalty_rule(batch, penalty_rule(cfg)), cfg)  # as the trainer calls it
         assert table[name].shape == batch.input_ids.shape
         assert torch.equal(table[name], direct), name
     rpp = _algo_yaml("reinforce_pp")
+    outcome = batch.episode_return - batch.penalty  # penalty_rule=row: an invalid row's outcome loses its penalty
     rewards = reinforce_pp_token_rewards(
-        batch.episode_return, batch.old_logprobs, batch.old_logprobs, batch.response_mask, rpp.kl_beta
+        outcome, batch.old_logprobs, batch.old_logprobs, batch.response_mask, rpp.kl_beta
     )
     expected = reinforce_pp_advantages(rewards, batch.response_mask, rpp.gamma, rpp.eps)
     assert torch.allclose(table["reinforce_pp"], expected)
@@ -267,17 +269,19 @@ def test_command_writes_consistent_outputs(inspected, group):
     assert "KL" in report["notes"]["reinforce_pp"]
     assert len(report["trajectories"]) == 6
     steps = [s for t in report["trajectories"] for s in t["steps"]]
-    returns = [t["return"] for t in report["trajectories"]]
-    mean_return = sum(returns) / len(returns)
+    # grpo's defaults (the paper's): one member per trajectory, scoring its return with the penalties folded in
+    scores = [t["return"] for t in report["trajectories"]]
+    mean_score = sum(scores) / len(scores)
     for t in report["trajectories"]:
         for s in t["steps"]:
             for name in EST:
                 tokens = s["token_advantages"][name]
                 assert len(tokens) == len(s["tokens"]) == len(s["token_ids"]) >= 1
                 assert s["advantage"][name] == pytest.approx(sum(tokens) / len(tokens), abs=1e-6)
-            # grpo: the sign of each step's credit is the sign of its trajectory's return against the group
-            if abs(t["return"] - mean_return) > 1e-6 and max(returns) - min(returns) > 1e-6:
-                assert (s["advantage"]["grpo"] > 0) == (t["return"] > mean_return)
+            # grpo: the sign of each step's credit is the sign of its trajectory's return against the group's
+            score = t["return"]
+            if abs(score - mean_score) > 1e-6 and max(scores) - min(scores) > 1e-6:
+                assert (s["advantage"]["grpo"] > 0) == (score > mean_score)
 
     page = (out / "credit.html").read_text()
     parsed = _parse(page)
