@@ -13,7 +13,8 @@ random) GRPO (lr 5e-4, seed 0) had no successful rollout in 80 iterations of 128
 deterministic policy (mean -log p of its tokens 0.02) walking between the same few states.
 
 Both methods run with the same budget (iterations x groups x group size), the same learning-rate sweep and
-verl-agent's invalid-action penalty rule (`penalty_rule=row`, the default of both). Every run varies both the
+verl-agent's handling of the group statistics and of the invalid-action penalty (`episode_stats=step_rows`,
+`singleton=raw`, `penalty_rule=row`: gigpo's defaults, set for grpo too). Every run varies both the
 training seed and the tiny policy's initial weights (`policy.init_seed = seed`). Held-out success is measured
 greedily and at temperature 0.4 (the GiGPO paper's evaluation temperature) every `--eval-every` iterations.
 
@@ -29,7 +30,7 @@ A run counts as collapsed when its final greedy success is at most 2/64 above th
 sampled tokens' mean negative log-prob (`loss/neg_logprob`, an entropy proxy) fell below 0.1 nats: it stopped
 exploring without learning the task.
 
-    python benchmarks/gigpo_vs_grpo.py --jobs 2                           # 8 seeds x lr {5e-4, 1e-3} x 2 algos
+    python benchmarks/gigpo_vs_grpo.py --jobs 2                     # 8 seeds x lr {2.5e-4, 5e-4, 1e-3} x 2 algos
     python benchmarks/gigpo_vs_grpo.py --seeds 0 1 --lrs 1e-3 --iters 30  # a quick look
     python benchmarks/gigpo_vs_grpo.py --report-only                      # rewrite the report from saved runs
 """
@@ -52,6 +53,10 @@ TASK = [
     "env.walls=6",
     "env.max_steps=30",
     "env.eval_episodes=64",
+    # verl-agent's handling of the group statistics and the invalid-action penalty, for both methods
+    "algo.episode_stats=step_rows",
+    "algo.singleton=raw",
+    "algo.penalty_rule=row",
 ]
 COLLAPSE_NLL = 0.1  # nats: below this the sampled tokens are nearly deterministic
 ALGOS = ("grpo", "gigpo")
@@ -161,7 +166,8 @@ def report(results: list[dict], out: Path, command: str) -> None:
         "# GiGPO vs GRPO (baseline) on gridworld: 7x7, 6 walls, 30 steps",
         "",
         f"Made by `{command}` (overrides: `{' '.join(TASK)}`; every other value is the default config: tiny policy,",
-        "16 tasks x 8 rollouts per iteration unless overridden, PPO-clip, `penalty_rule=row` for both).",
+        "16 tasks x 8 rollouts per iteration unless overridden, PPO-clip, verl-agent's step-row statistics and",
+        "per-row invalid-action penalty for both).",
         "Each run varies the training seed and the policy's initial weights together. Final success is on 64",
         "held-out tasks, greedy and at T=0.4; `AUC` is the mean greedy success over the run (area under the",
         "curve / env-step range). Collapsed: final greedy success at most 2/64 above the untrained policy's, with",
@@ -198,13 +204,15 @@ def report(results: list[dict], out: Path, command: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    colour = {lr: f"C{k}" for k, lr in enumerate(sorted({lr for _, lr in groups}))}  # one colour per lr
     for (algo, lr), runs in groups.items():
         n = min(len(r["curve"]) for r in runs)
         steps = np.median([[p["env_steps"] for p in r["curve"][:n]] for r in runs], axis=0)
         succ = np.array([[p["greedy"] for p in r["curve"][:n]] for r in runs])
-        style = "-" if algo == "gigpo" else "--"
-        (line,) = ax.plot(steps, np.median(succ, 0), style, label=f"{algo} lr {lr:g} (median of {len(runs)})")
-        ax.fill_between(steps, succ.min(0), succ.max(0), alpha=0.12, color=line.get_color())
+        style = "-" if algo == "gigpo" else "--"  # one line style per algo
+        label = f"{algo} lr {lr:g} (median of {len(runs)})"
+        ax.plot(steps, np.median(succ, 0), style, color=colour[lr], label=label)
+        ax.fill_between(steps, succ.min(0), succ.max(0), alpha=0.08, color=colour[lr])
     ax.set_xlabel("environment steps")
     ax.set_ylabel("greedy success (64 held-out tasks)")
     ax.set_title("gridworld 7x7, 6 walls, 30 steps (band: min-max over runs)")
@@ -217,8 +225,8 @@ def report(results: list[dict], out: Path, command: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
-    parser.add_argument("--lrs", type=float, nargs="+", default=[5e-4, 1e-3])
-    parser.add_argument("--iters", type=int, default=70)
+    parser.add_argument("--lrs", type=float, nargs="+", default=[2.5e-4, 5e-4, 1e-3])
+    parser.add_argument("--iters", type=int, default=60)
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (one torch thread each)")

@@ -385,7 +385,7 @@ class Termination(StrEnum):
     ngram = "ngram"  # a macro every n tokens
     random = "random"  # macro lengths drawn from random_lengths
     parse = "parse"  # a token containing one of parse_chars ends its macro
-    perplexity = "perplexity"  # a macro runs while the token perplexity does not increase
+    perplexity = "perplexity"  # token i starts a macro when ppl[i+1] > ppl[i] (MA-RLHF's ppl_selection)
 
 
 class MacroAgg(StrEnum):
@@ -812,6 +812,8 @@ def _validate_algo_extras(algo: DictConfig) -> None:
         )
     if "ngram" in algo:
         _require(algo.ngram >= 1, f"algo.ngram must be >= 1, got {algo.ngram}")
+    if algo.get("random_repeat") is not None:
+        _require(algo.random_repeat >= 1, f"algo.random_repeat must be >= 1 or null, got {algo.random_repeat}")
     if "random_lengths" in algo:
         lengths = list(algo.random_lengths)
         _require(bool(lengths) and min(lengths) >= 1, f"algo.random_lengths must be lengths >= 1, got {lengths}")

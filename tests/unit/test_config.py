@@ -90,3 +90,9 @@ def test_gigpo_presets_follow_verl_agent_and_take_their_baselines(experiment, al
     assert str(cfg.algo.episode_stats) == "step_rows" and cfg.learner.weight_decay == 0.01
     assert cfg.trainer.total_iters == 150 and cfg.trainer.eval_every == 5  # the preset's, not train.yaml's
     assert cfg.algo.get("norm_adv", "std") == ("mean" if "webshop" in experiment else "std")
+
+
+def test_ma_ppo_random_repeat_range():
+    with pytest.raises(ConfigError, match="algo.random_repeat must be >= 1 or null"):
+        validate(make("algo=ma_ppo", "algo.random_repeat=0"))
+    validate(make("algo=ma_ppo", "algo.random_repeat=null"))
