@@ -39,6 +39,7 @@ from calmrl.algos.registry import register
 from calmrl.algos.segments import (
     EPISODE_STATS,
     discounted_reverse_cumsum,
+    episode_members,
     first_row_of_each,
     group_index,
     normalize_in_groups,
@@ -83,15 +84,12 @@ def gigpo_advantages(
     if n == 0:
         return rewards
 
-    # Episode level: undiscounted returns (summed in float64 so row order cannot change the float32 value).
-    rep, inverse = first_row_of_each(traj)  # one row per trajectory; inverse: row -> trajectory
-    returns = torch.zeros(rep.numel(), dtype=torch.float64).index_add_(0, inverse, rewards.double()).float()
-    if episode_stats == "trajectory":
-        if bool(penalty.any()):
-            raise ValueError("episode_stats=trajectory needs the penalty folded into the rewards (penalty_rule=folded)")
-        episode = normalize_in_groups(returns, uid[rep], norm=norm, eps=eps, singleton=singleton)[inverse]
-    else:
-        episode = normalize_in_groups(returns[inverse] - penalty, uid, norm=norm, eps=eps, singleton=singleton)
+    # Episode level: undiscounted returns (summed in float64 so row order cannot change the float32 value),
+    # normalized over the members `episode_stats` names (as algo=grpo does).
+    _, inverse = first_row_of_each(traj)  # inverse: row -> trajectory
+    returns = torch.zeros(int(inverse.max()) + 1, dtype=torch.float64).index_add_(0, inverse, rewards.double())
+    scores, groups, member = episode_members(returns.float()[inverse], penalty, uid, traj, episode_stats)
+    episode = normalize_in_groups(scores, groups, norm=norm, eps=eps, singleton=singleton)[member]
 
     # Step level: discounted return-to-go (less the row's own penalty), normalized among the rows of the
     # same (uid, anchor); a step group of one has nothing to compare with and gets 0, as in verl-agent.

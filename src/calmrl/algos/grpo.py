@@ -34,6 +34,8 @@ def grpo_advantages(
 @register("grpo")
 def grpo(batch, cfg) -> torch.Tensor:
     """advantages [N, L]: each row's GRPO advantage on every response token of the row."""
-    scores, groups, member = episode_members(batch, str(cfg.episode_stats))
+    scores, groups, member = episode_members(
+        batch.episode_return, batch.penalty, batch.uid, batch.traj, str(cfg.episode_stats)
+    )
     adv = grpo_advantages(scores, groups, norm=str(cfg.norm_adv), eps=cfg.eps, singleton=str(cfg.singleton))
     return to_tokens(adv[member], batch.response_mask)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from calmrl.algos.registry import register
-from calmrl.algos.segments import discounted_reverse_cumsum, group_index, on_last_token
+from calmrl.algos.segments import discounted_reverse_cumsum, group_index, on_last_token, row_scores
 
 
 def trajectory_token_positions(response_mask: torch.Tensor, traj: torch.Tensor, step: torch.Tensor):
@@ -99,8 +99,7 @@ def ppo(batch, cfg) -> torch.Tensor:
     if batch.values is None:
         raise ValueError("ppo needs critic values; the trainer fills batch.values from the critic")
     if str(cfg.get("sequence", "trajectory")) == "step":
-        penalty = batch.penalty if batch.penalty is not None else torch.zeros_like(batch.episode_return)
-        rewards = on_last_token(batch.episode_return - penalty, batch.response_mask)
+        rewards = on_last_token(row_scores(batch.episode_return, batch.penalty), batch.response_mask)
         seq, step = torch.arange(len(batch)), torch.zeros_like(batch.step)  # every row its own sequence
     else:
         rewards = on_last_token(batch.rewards, batch.response_mask)

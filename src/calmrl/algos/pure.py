@@ -10,7 +10,7 @@ Inputs per step row n of group g (the G responses to one problem, one `uid`):
   e[n, t]   1 on the tokens that end a step (`batch.token_reward_mask`; without a shaper: the last response token)
   c[n, t]   on a step end, the step's token count (response tokens since the previous step end, this one included)
   o[n]      the env's verifiable reward (math-verify: 1 solved, 0 not), `batch.rewards`
-  h[n]      1 when the row's problem has an answer (env=math marks answerless anchors, `answer_rows`)
+  h[n]      1 when the row's problem has an answer (`batch.has_answer`, from env=math's info["has_answer"])
 
 RLOO baselines over the other G-1 responses of the group (reward_baseline, PURE's `--reward_baseline`):
   token:  b_n = sum_{m != n} sum_t p[m, t] / sum_{m != n} len_m          p'[n, t] = p[n, t] - b_n * c[n, t]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from calmrl.algos.registry import register
-from calmrl.algos.segments import on_last_token
+from calmrl.algos.segments import on_last_token, row_scores
 
 
 def reinforce_pp_token_rewards(
@@ -76,9 +76,12 @@ def reinforce_pp(batch, cfg) -> torch.Tensor:
     see the module docstring for the multi-turn convention."""
     if batch.ref_logprobs is None:
         raise ValueError("reinforce_pp needs reference log-probs; the trainer fills batch.ref_logprobs")
-    outcome = batch.episode_return if batch.penalty is None else batch.episode_return - batch.penalty
     rewards = reinforce_pp_token_rewards(
-        outcome, batch.old_logprobs, batch.ref_logprobs, batch.response_mask, float(cfg.kl_beta)
+        row_scores(batch.episode_return, batch.penalty),
+        batch.old_logprobs,
+        batch.ref_logprobs,
+        batch.response_mask,
+        float(cfg.kl_beta),
     )
     if batch.token_rewards is not None:
         rewards = rewards + batch.token_rewards.float() * batch.response_mask

@@ -43,5 +43,7 @@ def rloo_advantages(returns: torch.Tensor, uid: torch.Tensor, singleton: str = "
 @register("rloo")
 def rloo(batch, cfg) -> torch.Tensor:
     """advantages [N, L]: each row's RLOO advantage on every response token of the row."""
-    scores, groups, member = episode_members(batch, str(cfg.episode_stats))
+    scores, groups, member = episode_members(
+        batch.episode_return, batch.penalty, batch.uid, batch.traj, str(cfg.episode_stats)
+    )
     return to_tokens(rloo_advantages(scores, groups, str(cfg.singleton))[member], batch.response_mask)

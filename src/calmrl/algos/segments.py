@@ -136,7 +136,19 @@ def discounted_reverse_cumsum(
 EPISODE_STATS = ("step_rows", "trajectory")
 
 
-def episode_members(batch, episode_stats: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def row_scores(episode_return: torch.Tensor, penalty: torch.Tensor | None) -> torch.Tensor:
+    """[N]: each step row's score, its trajectory's return less the row's own invalid-action penalty (verl-agent's
+    `apply_invalid_action_penalty`; `penalty` is 0, or None, once folded into the rewards). Inputs [N]."""
+    return episode_return.float() if penalty is None else episode_return.float() - penalty.float()
+
+
+def episode_members(
+    episode_return: torch.Tensor,
+    penalty: torch.Tensor | None,
+    uid: torch.Tensor,
+    traj: torch.Tensor,
+    episode_stats: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The members of an episode-level group statistic, and the map back to rows.
 
     step_rows:  one member per step row, scoring its trajectory's return less its OWN invalid-action penalty,
@@ -144,18 +156,15 @@ def episode_members(batch, episode_stats: str) -> tuple[torch.Tensor, torch.Tens
                 trajectory counts, so long trajectories weigh more in the mean and std).
     trajectory: one member per trajectory, scoring its return (the papers' definition). Rows of one
                 trajectory must then score alike, so the penalty must be folded into the rewards already.
-    batch: a Batch (episode_return, penalty, uid, traj: [N]). Returns (scores [M], group ids [M], member of
-    each row [N]).
+    episode_return, penalty (None = 0), uid, traj: [N]. Returns (scores [M], group ids [M], member of each row [N]).
     """
-    penalty = batch.penalty if batch.penalty is not None else torch.zeros_like(batch.episode_return)
     if episode_stats == "step_rows":
-        rows = torch.arange(len(batch.episode_return))
-        return batch.episode_return.float() - penalty.float(), batch.uid, rows
+        return row_scores(episode_return, penalty), uid, torch.arange(episode_return.numel())
     if episode_stats != "trajectory":
         raise ValueError(f"episode_stats must be one of {EPISODE_STATS}, got {episode_stats!r}")
-    if bool(penalty.any()):
+    if penalty is not None and bool(penalty.any()):
         raise ValueError(
             "episode_stats=trajectory needs the invalid-action penalty folded into the rewards (penalty_rule=folded)"
         )
-    rep, inverse = first_row_of_each(batch.traj)
-    return batch.episode_return[rep].float(), batch.uid[rep], inverse
+    rep, inverse = first_row_of_each(traj)
+    return episode_return[rep].float(), uid[rep], inverse

@@ -11,9 +11,9 @@ A record's `category` (or MATH's `type`, MATH-500's `subject`; else the file nam
 Problems without an answer (PURE's best run gives the verifiable reward to ~10% of its problems only): an
 `answer` of JSON null or the string "null" (PURE's marker), or a MATH solution without \\boxed{} and no `answer`.
 They are trained on, but carry no verifiable reward: reward 0 for every response and `info["has_answer"] = False`,
-which the batch keeps (`Batch.has_answer`) and `algo=pure` reads to leave the verifiable term off their rows. A withheld answer (PURE's `ref_answer`; a "null"-answer MATH record's boxed
-solution) is never rewarded: only `info["success"]` is measured against it. Evaluation uses the problems that
-have some answer to check.
+which the batch keeps (`Batch.has_answer`) and `algo=pure` reads to leave the verifiable term off their rows.
+A withheld answer (PURE's `ref_answer`; a "null"-answer MATH record's boxed solution) is never rewarded: only
+`info["success"]` is measured against it. Evaluation uses the problems that have some answer to check.
 
 Task seeds index the problem list: a training seed s picks problem s mod n of `data_path`; a held-out
 seed `eval_seed_offset + i` picks problem i mod m of `eval_data_path` (default: the same file), so the
@@ -41,9 +41,6 @@ TASK = (
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 _EVAL_SEED_OFFSET = 1_000_000_000  # the EnvConfig default; the config passes the real one
 _NULL = "null"  # how PURE's data files write "no answer"
-
-#: the suffix of an answerless problem's anchor: the batch keeps anchors (`Batch.anchor_text`) but not step infos,
-#: so this is what tells a batch-only algo (algo=pure) that a row has no verifiable reward
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +238,7 @@ class MathEnv:
         split = "eval" if seed >= self.eval_seed_offset else "train"
         index = (seed - self.eval_seed_offset) % len(self.eval) if split == "eval" else seed % len(self.train)
         q = self._problem.question
-        anchor = f"{split}:{index}"
-        self._obs = Observation(q, anchor, dialogue=(("user", q),), category=self._problem.category)
+        self._obs = Observation(q, f"{split}:{index}", dialogue=(("user", q),), category=self._problem.category)
         self._done = False
         return self._obs
 

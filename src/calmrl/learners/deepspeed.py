@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from calmrl.learners.torch import POLICY_LOSS_PARTS, policy_token_loss, token_logprobs, wants_entropy
+from calmrl.learners.torch import POLICY_LOSS_PARTS, policy_logprobs, policy_token_loss, token_logprobs
 
 
 def deepspeed_config(learner_cfg, world_size: int) -> dict:
@@ -186,8 +186,7 @@ class DeepSpeedLearner:
             width = ids.shape[1]
             adv = mb.advantages[rows, :width].to(self.device)
             old = mb.old_logprobs[rows, :width].to(self.device)
-            logp = token_logprobs(self.engine, ids, attn, with_entropy=wants_entropy(self.algo))
-            logp, entropy = logp if isinstance(logp, tuple) else (logp, None)
+            logp, entropy = policy_logprobs(self.engine, self.algo, ids, attn)
             ref = None
             if self.algo.kl_coef > 0:
                 with torch.no_grad():

@@ -64,9 +64,12 @@ def policy_token_loss(
     return loss, {k: v.detach() for k, v in parts.items()}
 
 
-def wants_entropy(algo) -> bool:
-    """Whether the policy loss has an entropy bonus (so the forward pass must return entropies)."""
-    return float(algo.get("entropy_coef", 0.0)) > 0
+def policy_logprobs(model, algo, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """The training forward pass: (token log-probs [n, L], their entropies [n, L] when `algo` has an entropy
+    bonus, else None), as `policy_token_loss` takes them."""
+    if float(algo.get("entropy_coef", 0.0)) > 0:
+        return token_logprobs(model, input_ids, attention_mask, with_entropy=True)
+    return token_logprobs(model, input_ids, attention_mask), None
 
 
 class TorchLearner:
@@ -160,8 +163,7 @@ class TorchLearner:
             width = ids.shape[1]
             adv = mb.advantages[rows, :width].to(self.device)
             old = mb.old_logprobs[rows, :width].to(self.device)
-            logp = token_logprobs(self.model, ids, attn, with_entropy=wants_entropy(self.algo))
-            logp, entropy = logp if isinstance(logp, tuple) else (logp, None)
+            logp, entropy = policy_logprobs(self.model, self.algo, ids, attn)
             # each micro-batch's share of the minibatch's token mean, so the shares add up to the full mean
             share = mask.sum() / num_tokens
             ref = None
