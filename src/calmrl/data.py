@@ -80,6 +80,7 @@ class Batch:
     values: torch.Tensor | None = None  # [N, L] float, critic values at rollout time (critic methods)
     advantages: torch.Tensor | None = None  # [N, L] float, filled by the algo
     returns: torch.Tensor | None = None  # [N, L] float, for critic methods
+    loss_weights: torch.Tensor | None = None  # [N, L] float, per-token policy-loss weights (rollout.correction=tis)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]

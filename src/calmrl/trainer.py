@@ -34,6 +34,7 @@ from calmrl.logging import MetricsLogger
 from calmrl.policy import PromptTemplate, build_tiny_policy, load_policy
 from calmrl.policy.loading import DTYPES
 from calmrl.rollout import HFGenerator, run_episodes
+from calmrl.rollout.mismatch import correct, mismatch_metrics
 from calmrl.shapers import ShaperContext, build_shaper
 from calmrl.tools.evaluate import EvalResult, evaluate
 
@@ -266,14 +267,22 @@ class Trainer:
             algo_metrics = self.algo_state.observe(used, batch, it, sample=sample)
             algo_kwargs["state"] = self.algo_state
         batch.advantages = self.advantage_fn(batch, cfg.algo, **algo_kwargs)
+        # the engine's sampling log-probs against the learner's own: logged, and corrected if rollout.correction says
+        # (one no-grad pass over the batch: every rollout.mismatch_every iterations, or each one a correction needs it)
+        train_batch, mismatch, corrected = batch, {}, {}
+        every = int(cfg.rollout.mismatch_every)
+        if cfg.rollout.correction != "none" or (every > 0 and it % every == 0):
+            learner_logprobs = self.learner.current_logprobs(batch)
+            mismatch = mismatch_metrics(learner_logprobs, batch.old_logprobs, batch.response_mask)
+            train_batch, corrected = correct(batch, learner_logprobs, cfg.rollout)
         t2 = time.perf_counter()
         if self.engine is not None:
             self.engine.sleep()  # colocated: the learner gets vLLM's GPU memory for the update
-        update = self.learner.update(batch, train_policy=it > cfg.algo.get("critic_warmup_iters", 0))
+        update = self.learner.update(train_batch, train_policy=it > cfg.algo.get("critic_warmup_iters", 0))
         t3 = time.perf_counter()
         if self.engine is not None:  # the next rollout samples from the updated policy
-            self.engine.sync_from(self.model)
-            update = {**update, "perf/weight_sync_s": time.perf_counter() - t3}
+            gap = self.engine.sync_from(self.model)  # verified on a probe; raises WeightSyncError on a bad sync
+            update = {**update, "perf/weight_sync_s": time.perf_counter() - t3, "rollout/sync_probe_gap": gap}
 
         adv_rows = batch.advantages.sum(1) / batch.response_mask.sum(1).clamp(min=1)
         # how often states repeat inside a group: what step-level credit (GiGPO's anchor groups) can use
@@ -294,6 +303,8 @@ class Trainer:
             "credit/anchor_group_size": float(anchor_group_size.mean()),
             "credit/repeated_anchor_frac": float((anchor_group_size > 1).float().mean()),
             **shaping,
+            **mismatch,
+            **corrected,
             **update,
             **algo_metrics,
             "perf/generate_s": timings["generate"],

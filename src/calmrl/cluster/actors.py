@@ -66,6 +66,9 @@ class LearnerActor:
     def reference_logprobs(self, batch) -> torch.Tensor:
         return self.learner.reference_logprobs(batch)
 
+    def current_logprobs(self, batch) -> torch.Tensor:
+        return self.learner.current_logprobs(batch)
+
     def export(self, disk_path: str | None = None):
         """Rank 0: the full weights, packed for the object store (or written to `disk_path`, returning the path);
         other ranks: None. Collective under ZeRO-3 (every rank takes part in each gather)."""
@@ -129,12 +132,17 @@ class RolloutWorker:
     def ping(self) -> int:
         return self.index
 
-    def load_weights(self, source) -> float:
-        """Load weights from a packed state dict (object store) or a safetensors path (disk); returns seconds."""
+    def probe(self) -> list[int] | None:
+        """The token ids a vLLM engine's weight syncs are verified on (None for an HF worker: its load is exact)."""
+        return None if self.engine is None else list(self.engine.probe)
+
+    def load_weights(self, source, expected: torch.Tensor | None = None) -> float:
+        """Load weights from a packed state dict (object store) or a safetensors path (disk); returns seconds.
+        expected: the learner's log-probs of `probe()` under these weights, which a vLLM engine must reproduce."""
         t0 = time.perf_counter()
         state = weights.read(source) if isinstance(source, str) else weights.unpack(source)
         if self.engine is not None:
-            self.engine.load_weights(state.items())
+            self.engine.load_weights(state.items(), expected=expected)
         else:
             weights.load_into(self.model, state)
         return time.perf_counter() - t0

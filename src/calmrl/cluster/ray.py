@@ -140,6 +140,8 @@ class RayCluster:
         ray.get([w.ping.remote() for w in self.workers])
         self.timings["workers_s"] = time.perf_counter() - t0
         self.weights_source = None  # what a (re)started worker loads on top of policy_path: the latest sync
+        self.probe_expected = None  # the learner's log-probs of the vLLM sync probe under weights_source
+        self.probe = ray.get(self.workers[0].probe.remote())
 
     def _start_worker(self, j: int):
         return self._worker_cls.options(
@@ -194,7 +196,7 @@ class RayCluster:
             ray.kill(w, no_restart=True)
             self.workers[j] = self._start_worker(j)
             if self.weights_source is not None:
-                ray.get(self.workers[j].load_weights.remote(self.weights_source))
+                ray.get(self.workers[j].load_weights.remote(self.weights_source, self.probe_expected))
 
     # ---------------------------------------------------------------- learners
     def update(self, batch, train_policy: bool, orders: list[torch.Tensor]) -> dict[str, float]:
@@ -206,6 +208,11 @@ class RayCluster:
         import ray
 
         return ray.get(self.learners[0].reference_logprobs.remote(batch))  # the reference is whole on every rank
+
+    def current_logprobs(self, batch) -> torch.Tensor:
+        import ray
+
+        return ray.get([a.current_logprobs.remote(batch) for a in self.learners])[0]  # collective under ZeRO-3
 
     def sync_weights(self, driver_model=None) -> dict[str, float]:
         """Learner rank 0 -> every rollout worker (and the driver's model, which evaluation and checkpoints use)."""
@@ -220,13 +227,17 @@ class RayCluster:
         ray.get(refs[1:])  # the other ranks' part of the gathers
         source, gather_s = ray.get(refs[0])
         source_ref = source if disk else ray.put(source)
+        expected = None
+        if self.probe is not None:  # vLLM workers verify each sync against the learner's log-probs of a probe
+            ids = torch.tensor([self.probe])
+            expected = ray.get([a.logprobs.remote(ids, torch.ones_like(ids)) for a in self.learners])[0][0, 1:]
         t1 = time.perf_counter()
-        load_s = ray.get([w.load_weights.remote(source_ref) for w in self.workers])
+        load_s = ray.get([w.load_weights.remote(source_ref, expected) for w in self.workers])
         t2 = time.perf_counter()
         if driver_model is not None:
             weights.load_into(driver_model, weights.read(source) if disk else weights.unpack(source))
         t3 = time.perf_counter()
-        self.weights_source = source_ref
+        self.weights_source, self.probe_expected = source_ref, expected
         return {
             "perf/sync_gather_s": gather_s,
             "perf/sync_export_s": t1 - t0,  # gather + pack + transfer to the driver + put

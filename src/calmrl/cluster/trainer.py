@@ -42,6 +42,9 @@ class RayLearner:
     def reference_logprobs(self, batch) -> torch.Tensor:
         return self.cluster.reference_logprobs(batch)
 
+    def current_logprobs(self, batch) -> torch.Tensor:
+        return self.cluster.current_logprobs(batch)
+
     def optimizer_state(self) -> None:
         return None  # DeepSpeed's partitions go into the checkpoint's deepspeed/ (RayCheckpoints)
 

@@ -130,6 +130,18 @@ class DeepSpeedLearner:
             out[rows, : ids.shape[1]] = token_logprobs(self.ref_model, ids, attn).float().cpu() * mask.cpu()
         return out
 
+    @torch.no_grad()
+    def current_logprobs(self, batch) -> torch.Tensor:
+        """The policy's log-probs [N, L] of the batch's tokens (zero outside the response mask), before the update.
+        Collective under ZeRO-3: every rank runs the whole batch, so the gathers stay in step."""
+        self.engine.eval()
+        out = torch.zeros_like(batch.response_mask)
+        for start in range(0, len(batch), self.cfg.micro_batch_size):
+            rows = torch.arange(start, min(start + self.cfg.micro_batch_size, len(batch)))
+            ids, attn, mask = self._rows(batch, rows)
+            out[rows, : ids.shape[1]] = token_logprobs(self.engine, ids, attn).float().cpu() * mask.cpu()
+        return out
+
     def _rows(self, batch, rows: torch.Tensor):
         width = int(batch.attention_mask[rows].sum(dim=1).max())
         return (
@@ -191,7 +203,8 @@ class DeepSpeedLearner:
             if self.algo.kl_coef > 0:
                 with torch.no_grad():
                     ref = token_logprobs(self.ref_model, ids, attn)
-            loss, parts = policy_token_loss(self.algo, logp, old, adv, mask, ref, entropy)
+            weights = None if mb.loss_weights is None else mb.loss_weights[rows, :width].to(self.device)
+            loss, parts = policy_token_loss(self.algo, logp, old, adv, mask, ref, entropy, weights)
             share = weight * float(mask.sum()) / float(num_tokens)
             bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0])
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # every rank must take the same branch

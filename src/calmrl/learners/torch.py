@@ -38,15 +38,16 @@ POLICY_LOSS_PARTS = ("loss/policy", "loss/kl", "loss/clip_frac", "loss/neg_logpr
 
 
 def policy_token_loss(
-    algo, logp, old, adv, mask, ref=None, entropy=None
+    algo, logp, old, adv, mask, ref=None, entropy=None, weights=None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One micro-batch's policy loss as `algo` says: PPO-clip (with dual-clip when `algo.dual_clip`) or REINFORCE,
     + kl_coef x k3 KL to `ref`, - entropy_coef x token-mean `entropy` (verl's entropy bonus). Every learner
-    backend calls this, so they optimise the same objective. Inputs [n, L]; returns (loss, detached parts)."""
+    backend calls this, so they optimise the same objective. `weights`: per-token weights of the policy-gradient
+    term (rollout.correction=tis), or None. Inputs [n, L]; returns (loss, detached parts)."""
     if str(algo.loss) == "reinforce":
-        pg, clip_frac = reinforce_loss(logp, adv, mask), torch.zeros(())
+        pg, clip_frac = reinforce_loss(logp, adv, mask, weights), torch.zeros(())
     else:
-        pg, clip_frac = ppo_clip_loss(logp, old, adv, mask, algo.clip_ratio, algo.get("dual_clip"))
+        pg, clip_frac = ppo_clip_loss(logp, old, adv, mask, algo.clip_ratio, algo.get("dual_clip"), weights)
     loss, kl, mean_entropy = pg, torch.zeros(()), torch.zeros(())
     if algo.kl_coef > 0:
         kl = masked_mean(kl_low_var(logp, ref), mask)
@@ -97,6 +98,12 @@ class TorchLearner:
         if self.ref_model is None:
             raise ValueError("no reference model was loaded")
         return self._per_token(lambda ids, attn: token_logprobs(self.ref_model, ids, attn), batch)
+
+    def current_logprobs(self, batch) -> torch.Tensor:
+        """The policy's own log-probs of the batch's tokens before the update: [N, L], zero outside the response
+        mask; compared with the engine's sampling log-probs (calmrl.rollout.mismatch)."""
+        self.model.eval()
+        return self._per_token(lambda ids, attn: token_logprobs(self.model, ids, attn), batch)
 
     def critic_values(self, batch) -> torch.Tensor:
         """Critic values at every response token: [N, L], zero outside the response mask."""
@@ -170,7 +177,8 @@ class TorchLearner:
             if self.algo.kl_coef > 0:
                 with torch.no_grad():
                     ref = token_logprobs(self.ref_model, ids, attn)
-            loss, parts = policy_token_loss(self.algo, logp, old, adv, mask, ref, entropy)
+            weights = None if mb.loss_weights is None else mb.loss_weights[rows, :width].to(self.device)
+            loss, parts = policy_token_loss(self.algo, logp, old, adv, mask, ref, entropy, weights)
             if not torch.isfinite(loss):
                 self.optimizer.zero_grad(set_to_none=True)
                 return None

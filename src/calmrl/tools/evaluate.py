@@ -97,10 +97,15 @@ def run_eval_command(cfg, out_dir: Path) -> dict:
         policy_dir, cfg.policy.dtype, cfg.policy.trust_remote_code, pick_device(str(cfg.device))
     )
     template = PromptTemplate(tokenizer=tokenizer, **cfg.policy.template)
-    generate = HFGenerator(
-        model, tokenizer, cfg.rollout.max_new_tokens, cfg.rollout.eval_temperature, cfg.rollout.generation_batch_size
-    )
     decode = cfg.get("decode") or {"name": "sample"}
+    r = cfg.rollout
+    if r.name == "vllm" and decode["name"] == "sample":  # the engine the run sampled with (CPU or GPU build)
+        from calmrl.rollout.vllm import VLLMEngine, VLLMGenerator
+
+        engine = VLLMEngine.from_config(r, cfg.policy, policy_dir, tokenizer, seed=int(cfg.seed))
+        generate = VLLMGenerator(engine, tokenizer, r.max_new_tokens, r.eval_temperature, r.generation_batch_size)
+    else:
+        generate = HFGenerator(model, tokenizer, r.max_new_tokens, r.eval_temperature, r.generation_batch_size)
     if decode["name"] == "implicit_q_beam":  # beam search on a DPO policy's implicit token reward
         from calmrl.rollout.implicit_q_beam import build_implicit_q_beam
 

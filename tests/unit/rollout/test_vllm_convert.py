@@ -99,25 +99,40 @@ def test_engine_kwargs_ask_for_processed_logprobs_and_the_configured_engine():
     assert kw["generation_config"] == "vllm"
     assert (kw["model"], kw["tokenizer"], kw["dtype"], kw["seed"]) == ("/models/p", "/models/p", "bfloat16", 3)
     assert kw["gpu_memory_utilization"] == 0.3 and kw["max_num_seqs"] == 64
-    assert kw["enable_prefix_caching"] is True and kw["enable_sleep_mode"] is True
+    from calmrl.config import vllm_build
+
+    # the CPU build refuses sleep mode, so it is dropped there
+    assert kw["enable_prefix_caching"] is True and kw["enable_sleep_mode"] is (vllm_build() != "cpu")
     assert "max_model_len" not in kw  # null: the model's own length
 
 
-def test_rollout_vllm_composes_and_fails_early_without_cuda_or_vllm():
+def test_rollout_vllm_composes_and_fails_early_for_each_vllm_build(monkeypatch):
+    """What validation says with no vLLM, with the CUDA build, and with the CPU build (head sizes)."""
+    import calmrl.config as config
+
     cfg = make("rollout=vllm")
     assert cfg.rollout.name == "vllm" and cfg.rollout.max_new_tokens == cfg.policy.max_new_tokens
-    pytest.importorskip("torch")
-    import importlib.util
-
-    import torch
-
-    if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None:
-        validate(cfg)  # a GPU machine with the extra: accepted
-        return
-    with pytest.raises(ConfigError, match=r"rollout=vllm needs a CUDA GPU and `pip install calmrl\[vllm\]`"):
+    monkeypatch.setattr(config, "vllm_build", lambda: None)
+    with pytest.raises(ConfigError, match=r"rollout=vllm needs vLLM: on a CUDA GPU `pip install calmrl\[vllm\]`"):
         validate(cfg)
-    with pytest.raises(ConfigError, match="device=cpu"):
+    monkeypatch.setattr(config, "vllm_build", lambda: "cuda")
+    with pytest.raises(ConfigError, match="CUDA build; it cannot run with device=cpu"):
         validate(make("rollout=vllm", "device=cpu"))
+    monkeypatch.setattr(config, "vllm_build", lambda: "cpu")
+    with pytest.raises(ConfigError, match=r"takes head sizes \[32, 64.*this policy's is 16"):
+        validate(cfg)  # policy=tiny: 64 / 4 heads
+    validate(make("rollout=vllm", "device=cpu", "policy.num_heads=2", "policy.num_kv_heads=2"))  # head size 32
+
+
+def test_rollout_correction_ranges():
+    for override, message in [
+        ("rollout.correction=is", r"rollout.correction=is is not one of \['none', 'tis', 'mask'\]"),
+        ("rollout.correction_cap=0.5", "rollout.correction_cap must be >= 1"),
+        ("rollout.correction_high=0.9", "0 <= low < 1 < high"),
+        ("rollout.mismatch_every=-1", "rollout.mismatch_every must be >= 0"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            validate(make(override))
 
 
 @pytest.mark.parametrize(
