@@ -81,6 +81,7 @@ def test_loss_weights_scale_each_tokens_term():
     loss, _ = ppo_clip_loss(logp, old, adv, mask, 0.2, None, w)
     assert loss == pytest.approx(float((per_token * mask).sum() / mask.sum()))
     assert reinforce_loss(logp, adv, mask, w) == pytest.approx(float((-adv * logp * w * mask).sum() / mask.sum()))
-    assert ppo_clip_loss(logp, old, adv, mask, 0.2, None, torch.ones_like(w))[0] == ppo_clip_loss(
-        logp, old, adv, mask, 0.2
-    )[0]
+    assert (
+        ppo_clip_loss(logp, old, adv, mask, 0.2, None, torch.ones_like(w))[0]
+        == ppo_clip_loss(logp, old, adv, mask, 0.2)[0]
+    )
