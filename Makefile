@@ -54,11 +54,12 @@ lint: install  ## ruff check + format check
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-bench: install  ## run the benchmarks: iteration time breakdown, GiGPO speed, GiGPO vs GRPO (slow)
+bench: install  ## run the benchmarks: iteration time breakdown, GiGPO speed, vLLM vs HF, GiGPO vs GRPO (slow)
 	$(BIN)/python benchmarks/iteration_breakdown.py
 	$(BIN)/python benchmarks/gigpo_speed.py
 	$(BIN)/python benchmarks/estimator_speed.py
 	$(BIN)/python benchmarks/env_throughput.py
+	$(BIN)/python benchmarks/vllm_vs_hf.py
 	$(BIN)/python benchmarks/gigpo_vs_grpo.py
 
 docs-figures: install  ## short tiny-model runs -> docs/figures/{inspect,compare}.png (the README's pictures; ~4 min)

@@ -183,7 +183,7 @@ def test_malformed_sync_is_an_error(engine, hf):
 
 
 # ---------------------------------------------------------------- the CLI
-ITERS = 20
+ITERS = 40  # as tests/integration/test_default_learns.py's small budget
 RUN = [*HEADS, f"trainer.total_iters={ITERS}", f"trainer.eval_every={ITERS}", "logger=jsonl", "seed=0"]
 
 
@@ -200,21 +200,26 @@ def trained(tmp_path_factory):
     return cwd
 
 
+def mean(records, key):
+    return sum(r[key] for r in records) / len(records)
+
+
 @pytest.mark.slow
 def test_train_rollout_vllm_learns_as_hf_does(trained):
-    finals = {}
+    rises = {}
     for name in ("hf", "vllm"):
         metrics = rows(trained / "runs" / name)
         assert [m["iter"] for m in metrics] == list(range(1, ITERS + 1))
         assert all(m["loss/skipped_steps"] == 0 for m in metrics)
-        finals[name] = metrics[-1]["eval/success_rate"]
+        rises[name] = mean(metrics[-5:], "rollout/success_rate") - mean(metrics[:3], "rollout/success_rate")
+        assert metrics[-1]["eval/success_rate"] > 0, name  # held-out greedy success starts at 0
     vllm = rows(trained / "runs" / "vllm")
     for m in vllm:  # each sync verified; the engine scores tokens as the learner does (float32)
         assert m["rollout/sync_probe_gap"] <= 1e-5 and m["mismatch/logprob_abs_diff"] < 1e-4
         assert m["mismatch/capped_frac"] == 0.0 and m["perf/weight_sync_s"] > 0
     # the engines sample different tokens (their own RNGs), so the runs differ; both must learn, alike
-    assert finals["hf"] >= 0.3 and finals["vllm"] >= 0.3, finals
-    assert abs(finals["hf"] - finals["vllm"]) <= 0.3, finals
+    assert rises["hf"] > 0.1 and rises["vllm"] > 0.1, rises
+    assert abs(rises["hf"] - rises["vllm"]) <= 0.3, rises
 
 
 @pytest.mark.slow
@@ -233,7 +238,8 @@ def test_eval_rollout_vllm_scores_the_checkpoint_as_hf(trained):
 def test_cluster_ray_with_one_vllm_rollout_worker(workdir):
     pytest.importorskip("ray", reason="cluster=ray needs the `ray` extra")
     calmrl(
-        "train", *HEADS, "rollout=vllm", "cluster=ray", "cluster.num_rollout_workers=1", "cluster.num_threads=1",
+        "train", *HEADS, "rollout=vllm", "cluster=ray", "learner=deepspeed", "cluster.num_rollout_workers=1",
+        "cluster.num_threads=1", "rollout.gpu_memory_utilization=0.1",  # on CPU: the share of RAM vLLM reserves
         "trainer.total_iters=2", "trainer.eval_every=0", "logger=jsonl", "rollout.num_groups=4",
         "rollout.group_size=4", "run_name=ray-vllm", cwd=workdir, timeout=900,
     )  # fmt: skip
