@@ -123,23 +123,22 @@ class DeepSpeedLearner:
         unpartitioned model on every rank, so each rank computes the whole batch without collectives."""
         if self.ref_model is None:
             raise ValueError("no reference model was loaded")
-        out = torch.zeros_like(batch.response_mask)
-        for start in range(0, len(batch), self.cfg.micro_batch_size):
-            rows = torch.arange(start, min(start + self.cfg.micro_batch_size, len(batch)))
-            ids, attn, mask = self._rows(batch, rows)
-            out[rows, : ids.shape[1]] = token_logprobs(self.ref_model, ids, attn).float().cpu() * mask.cpu()
-        return out
+        return self._per_token(self.ref_model, batch)
 
     @torch.no_grad()
     def current_logprobs(self, batch) -> torch.Tensor:
         """The policy's log-probs [N, L] of the batch's tokens (zero outside the response mask), before the update.
         Collective under ZeRO-3: every rank runs the whole batch, so the gathers stay in step."""
         self.engine.eval()
+        return self._per_token(self.engine, batch)
+
+    def _per_token(self, model, batch) -> torch.Tensor:
+        """`model`'s token log-probs of the whole batch, micro-batch by micro-batch: [N, L], 0 off the response."""
         out = torch.zeros_like(batch.response_mask)
         for start in range(0, len(batch), self.cfg.micro_batch_size):
             rows = torch.arange(start, min(start + self.cfg.micro_batch_size, len(batch)))
             ids, attn, mask = self._rows(batch, rows)
-            out[rows, : ids.shape[1]] = token_logprobs(self.engine, ids, attn).float().cpu() * mask.cpu()
+            out[rows, : ids.shape[1]] = token_logprobs(model, ids, attn).float().cpu() * mask.cpu()
         return out
 
     def _rows(self, batch, rows: torch.Tensor):
