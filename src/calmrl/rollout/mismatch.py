@@ -7,10 +7,12 @@ secretly brings you off-policy RL training"). Every iteration measures it; `roll
 
 - `tis`: truncated importance sampling. The PPO ratio is taken against the learner's recomputed log-probs
   (old_logprobs := log pi_learner) and each token's loss is weighted by min(pi_learner / pi_rollout, C),
-  C = `rollout.correction_cap` (the idea of verl's token-level `rollout_is` with `rollout_is_threshold`; not yet
-  checked against a transcription of verl's code).
+  C = `rollout.correction_cap` (verl's token-level `rollout_is` with `rollout_is_threshold`, decoupled mode).
 - `mask`: the same recomputed old log-probs, and tokens whose ratio pi_learner / pi_rollout falls outside
-  [`correction_low`, `correction_high`] leave the loss (the idea of verl's token-level rejection, `rollout_rs`).
+  [`correction_low`, `correction_high`] leave the loss (verl's `rollout_rs=token_k1`, whose bounds are on the
+  inverse ratio: the same for low = 1 / high).
+
+docs/algos/rollout_correction.md compares both with verl's code.
 - `none`: the sampling log-probs are the PPO ratio's old log-probs, as before (only the gap is logged).
 """
 
