@@ -41,7 +41,7 @@ def run(shaper: str, seed: int, budget: int, evals: int, bonus: float, overrides
 
     from calmrl.cli import CONFIG_DIR
     from calmrl.config import validate
-    from calmrl.trainer import Trainer
+    from calmrl.loops import build_trainer
 
     extra = [f"shaper.bonus={bonus}"] if shaper == "calm" else []
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
@@ -61,7 +61,7 @@ def run(shaper: str, seed: int, budget: int, evals: int, bonus: float, overrides
     validate(cfg)
     marks = [budget * (k + 1) // evals for k in range(evals)]
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, Path(tmp))
+        trainer = build_trainer(cfg, Path(tmp))
         points = [(0, trainer.evaluate().success_rate)]
         env_steps, it = 0, 0
         while marks:

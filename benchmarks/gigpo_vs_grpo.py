@@ -73,9 +73,9 @@ def run(algo: str, lr: float, seed: int, iters: int, eval_every: int, overrides:
 
     from calmrl.cli import CONFIG_DIR
     from calmrl.config import validate
+    from calmrl.loops import build_trainer
     from calmrl.rollout import HFGenerator
     from calmrl.tools.evaluate import evaluate
-    from calmrl.trainer import Trainer
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(
@@ -94,7 +94,7 @@ def run(algo: str, lr: float, seed: int, iters: int, eval_every: int, overrides:
     validate(cfg)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, Path(tmp))
+        trainer = build_trainer(cfg, Path(tmp))
         warm = HFGenerator(
             trainer.model, trainer.tokenizer, cfg.rollout.max_new_tokens, 0.4, cfg.rollout.generation_batch_size
         )

@@ -38,11 +38,11 @@ def main(argv: list[str]) -> None:
     validate(cfg)
 
     from calmrl.logging import MetricsLogger
-    from calmrl.trainer import Trainer
+    from calmrl.loops import build_trainer
 
     warmup = 2
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, Path(tmp))
+        trainer = build_trainer(cfg, Path(tmp))
         logger = MetricsLogger(cfg.logger, Path(tmp), warmup + measured, 0, None, {})
         logger.print_table = lambda *a, **k: None  # keep the benchmark's own output readable
         stages = {

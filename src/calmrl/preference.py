@@ -33,7 +33,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from calmrl.algos import ALGOS
 from calmrl.algos.dpo import treg_prompts, treg_token_rewards
-from calmrl.config import ConfigError
+from calmrl.errors import ConfigError
+from calmrl.learners.torch import pack, response_logprobs
 
 HELD_OUT_SPLITS = ("test", "validation", "eval")
 CACHE_FILE = "reference_cache.safetensors"
@@ -151,39 +152,6 @@ def tokenize_pairs(pairs: list[PreferencePair], tokenizer, max_length: int, max_
         out.prompt.append(prompt)
         out.chosen.append((ids(p.chosen) + [tokenizer.eos_token_id])[:room])
         out.rejected.append((ids(p.rejected) + [tokenizer.eos_token_id])[:room])
-    return out
-
-
-def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int):
-    """Right-padded rows prompt + response: (input_ids [N, W], attention_mask [N, W], response_mask [N, W] float)."""
-    width = max(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
-    n = len(prompts)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    attention = torch.zeros((n, width), dtype=torch.long)
-    response = torch.zeros((n, width))
-    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
-        input_ids[i, : len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
-        attention[i, : len(p) + len(r)] = 1
-        response[i, len(p) : len(p) + len(r)] = 1.0
-    return input_ids, attention, response
-
-
-@torch.no_grad()
-def response_logprobs(
-    model, prompts: list[list[int]], responses: list[list[int]], pad_id: int, batch_size: int
-) -> list[torch.Tensor]:
-    """log pi(y_t | prompt, y_<t) of every response token, one float32 CPU tensor [len(response)] per row."""
-    from calmrl.learners.torch import token_logprobs
-
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out: list[torch.Tensor] = []
-    for s in range(0, len(prompts), batch_size):
-        ids, attn, mask = pack(prompts[s : s + batch_size], responses[s : s + batch_size], pad_id)
-        lp = token_logprobs(model, ids.to(device), attn.to(device)).float().cpu()
-        out.extend(lp[i][mask[i].bool()] for i in range(len(ids)))
-    model.train(was_training)
     return out
 
 
@@ -306,13 +274,13 @@ def pair_order(seed: int, it: int, batch: int, n: int) -> list[int]:
 
 class PreferenceTrainer:
     """The offline counterpart of `calmrl.trainer.Trainer` for preference algos: same run directory layout,
-    checkpoints, resume=auto, logger and learner; `Trainer(cfg, run_dir)` returns one for algo=dpo / dpo_treg."""
+    checkpoints, resume=auto, logger and learner; `calmrl.loops.build_trainer` picks it for algo=dpo / dpo_treg."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
         from calmrl.learners.checkpoint import restore_rng
         from calmrl.learners.torch import TorchLearner
         from calmrl.policy import load_policy
-        from calmrl.trainer import start_run
+        from calmrl.runs import start_run
 
         start_run(self, cfg, run_dir)  # the RL loop's device, checkpoints, resume rules and seeding
 

@@ -14,7 +14,6 @@ the tasks it would have seen; evaluation seeds come from a disjoint range.
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 
@@ -24,10 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from calmrl.algos import ALGOS
 from calmrl.algos.segments import group_index
-from calmrl.config import ConfigError
 from calmrl.data import apply_penalty_rule, build_batch, fold_shaping, penalty_rule
 from calmrl.envs import make_env, make_pool
-from calmrl.learners.checkpoint import Checkpoint, CheckpointManager, restore_rng
+from calmrl.errors import ConfigError
+from calmrl.learners.checkpoint import restore_rng
 from calmrl.learners.critic import ValueModel
 from calmrl.learners.torch import TorchLearner
 from calmrl.logging import MetricsLogger
@@ -35,73 +34,13 @@ from calmrl.policy import PromptTemplate, build_tiny_policy, load_policy
 from calmrl.policy.loading import DTYPES
 from calmrl.rollout import HFGenerator, run_episodes
 from calmrl.rollout.mismatch import correct, mismatch_metrics
+from calmrl.runs import start_run, train_seeds
 from calmrl.shapers import ShaperContext, build_shaper
 from calmrl.tools.evaluate import EvalResult, evaluate
 
 
-def train_seeds(seed: int, it: int, num_groups: int, eval_offset: int) -> list[int]:
-    """Task seeds of iteration `it`, drawn below the eval range."""
-    rng = np.random.default_rng([seed, it])
-    return rng.integers(0, eval_offset, size=num_groups).tolist()
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def start_run(loop, cfg: DictConfig, run_dir: Path) -> None:
-    """The set-up every training loop shares (RL, preference, multi-agent): config, run directory, device,
-    threads, the checkpoint manager, the checkpoint to resume from (or None), and seeded python / numpy /
-    torch RNGs (a resumed run then restores the checkpoint's RNG states on top)."""
-    loop.cfg, loop.run_dir = cfg, Path(run_dir)
-    loop.device = pick_device(str(cfg.device))
-    if cfg.cluster.num_threads:
-        torch.set_num_threads(int(cfg.cluster.num_threads))
-    loop.checkpoints = CheckpointManager(loop.run_dir / "checkpoints", keep_last=cfg.trainer.keep_last)
-    loop.resume_from = find_resume_point(loop.checkpoints, cfg, loop.run_dir)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-
-
-def find_resume_point(checkpoints: CheckpointManager, cfg: DictConfig, run_dir: Path) -> Checkpoint | None:
-    """The newest valid checkpoint under `resume=auto`; None for a fresh run. Refuses (ConfigError, nothing
-    touched) when `resume=never` meets checkpoints, or when step directories exist but none is valid."""
-    existing = checkpoints.list()
-    if str(cfg.resume) == "never":
-        if existing:
-            raise ConfigError(
-                f"{run_dir} already holds checkpoints; pass resume=auto to continue it, or run_name=<new> "
-                "for a fresh run (nothing was overwritten)"
-            )
-        return None
-    latest = checkpoints.latest()
-    # any step directory, complete-looking or not: a fresh start would discard the run's metrics
-    present = list(checkpoints.directory.glob("step_*")) if checkpoints.directory.is_dir() else []
-    if latest is None and present:
-        raise ConfigError(
-            f"none of the {len(present)} checkpoint(s) in {checkpoints.directory} is valid (see the warnings "
-            "above); move them aside to start over, or pass run_name=<new> for a fresh run (nothing was overwritten)"
-        )
-    return latest
-
-
 class Trainer:
-    def __new__(cls, cfg: DictConfig, run_dir: Path):
-        # Preference algos (dpo, dpo_treg) train offline on a data set, not on rollouts: the same run layout,
-        # checkpoints, learner and logger in their own loop (calmrl/preference.py).
-        if cls is Trainer and getattr(ALGOS.get(cfg.algo.name), "preference", False):
-            from calmrl.preference import PreferenceTrainer
-
-            return PreferenceTrainer(cfg, run_dir)
-        # cluster=ray: the same loop, with rollouts and updates sent to Ray actors (calmrl/cluster/trainer.py)
-        if cls is Trainer and cfg.cluster.name == "ray":
-            from calmrl.cluster.trainer import RayTrainer
-
-            return super().__new__(RayTrainer)
-        return super().__new__(cls)
+    """The RL loop on rollouts, in one process (`calmrl.loops.build_trainer` picks the loop a config runs)."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
         start_run(self, cfg, run_dir)

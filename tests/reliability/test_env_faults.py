@@ -18,7 +18,7 @@ from reliability_support import FAST, calmrl, records
 
 from calmrl.envs import ENVS
 from calmrl.envs.base import Observation, StepResult
-from calmrl.trainer import train_seeds
+from calmrl.runs import train_seeds
 
 THIS = Path(__file__).resolve()
 RAISE_AT_RESET, RAISE_AT_STEP, HANG_AT_STEP, HEALTHY = range(4)

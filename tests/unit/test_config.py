@@ -2,7 +2,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from calmrl.cli import CONFIG_DIR
-from calmrl.config import ConfigError, validate
+from calmrl.config import validate
+from calmrl.errors import ConfigError
 
 
 def make(*overrides):

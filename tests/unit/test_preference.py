@@ -4,7 +4,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from calmrl.config import ConfigError
+from calmrl.errors import ConfigError
 from calmrl.preference import (
     PreferencePair,
     compute_reference,

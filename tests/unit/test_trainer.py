@@ -1,4 +1,4 @@
-from calmrl.trainer import train_seeds
+from calmrl.runs import train_seeds
 
 
 def test_train_seeds_are_reproducible_and_below_eval_range():

@@ -99,7 +99,7 @@ class RolloutWorker:
         from calmrl.envs import make_pool
         from calmrl.policy import PromptTemplate, load_policy
         from calmrl.rollout import HFGenerator
-        from calmrl.trainer import pick_device
+        from calmrl.runs import pick_device
 
         _threads(num_threads)
         self.index = index

@@ -22,7 +22,8 @@ import torch
 from calmrl.cluster.ray import RayCluster
 from calmrl.envs.pool import InlinePool
 from calmrl.learners.checkpoint import CheckpointManager
-from calmrl.trainer import Trainer, train_seeds
+from calmrl.runs import train_seeds
+from calmrl.trainer import Trainer
 
 
 class RayLearner:

@@ -31,8 +31,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from calmrl.config import ConfigError
 from calmrl.envs.base import ENVS, Observation, StepResult, check_data_files
+from calmrl.errors import ConfigError
 
 TASK = (
     "Solve the problem. Reason step by step, leave a blank line between steps, and put the final answer in \\boxed{}."

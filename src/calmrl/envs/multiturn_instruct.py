@@ -35,8 +35,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from calmrl.config import ConfigError
 from calmrl.envs.base import ENVS, Observation, StepResult, check_data_files
+from calmrl.errors import ConfigError
 
 _EVAL_SEED_OFFSET = 1_000_000_000  # the EnvConfig default; the config passes the real one
 CATEGORIES = (

@@ -36,10 +36,29 @@ import logging
 import os
 import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from calmrl.config import ConfigError, JudgeConfig
+from calmrl.errors import ConfigError
+from calmrl.schemas.judge import JudgeConfig
+
+# what an oracle may answer (the 20-questions env's replies)
+YES, NO, UNKNOWN = "Yes.", "No.", "I don't know."
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def normalize(text: str) -> str:
+    """Lower-case words only (punctuation and extra spaces gone): the unit of comparison."""
+    return " ".join(_TOKEN.findall(text.lower()))
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str  # what the oracle says
+    key: str  # canonical form of what was asked (an attribute, a topic, or the normalised question)
+    failed: bool = False  # the oracle could not answer (a judge down, on_error=zero): nothing is learned
+
 
 #: fields an oracle prompt may use
 ORACLE_FIELDS = ("word", "category", "question")
@@ -97,8 +116,8 @@ def judge_config(judge: Any) -> Any:
 
 def check_judge_oracle(env_cfg: Any, default_prompt: str) -> str | None:
     """What is wrong with the judge oracle config of `env_cfg`, in one sentence, or None."""
-    from calmrl.config import validate_judge
     from calmrl.judges.subgoals import check_template
+    from calmrl.schemas.judge import validate_judge
 
     try:
         judge = judge_config(env_cfg.get("judge"))
@@ -148,8 +167,6 @@ def shared_judge(cfg: Any, cache_dir: Path):
 
 def parse_yes_no(text: str) -> bool | None:
     """True / False for a yes / no answer (its first word), None for anything else."""
-    from calmrl.envs.twenty_questions import normalize
-
     words = normalize(_first_line(text)).split()
     while words and words[0] in _LEAD:
         words.pop(0)
@@ -187,8 +204,6 @@ class JudgeOracle:
         return self.prompt.format(word=secret.word, category=secret.category, question=question)
 
     def answer(self, secret, question: str):
-        from calmrl.envs.twenty_questions import UNKNOWN, Reply, normalize
-
         judge = self.judge
         before = judge.totals["failures"]
         text = judge.complete([self.render(secret, question)])[0]
@@ -202,15 +217,11 @@ class JudgeOracle:
 
     @staticmethod
     def _yes_no_reply(text: str) -> str:
-        from calmrl.envs.twenty_questions import NO, UNKNOWN, YES
-
         verdict = parse_yes_no(text)
         return UNKNOWN if verdict is None else YES if verdict else NO
 
     @staticmethod
     def _free_text_reply(text: str, secret) -> str:
-        from calmrl.envs.twenty_questions import NO, UNKNOWN, YES, normalize
-
         line = _PREFIX.sub("", _first_line(text).strip("\"'` ")).strip("\"'` ")
         words = normalize(line).split()
         if not words or " ".join(words).startswith(_UNKNOWN):

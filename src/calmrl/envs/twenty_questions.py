@@ -28,17 +28,17 @@ A `.txt` file (one word per line) also works: the rule oracle then only recognis
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Protocol
 
-from calmrl.config import ConfigError
 from calmrl.envs.base import ENVS, Observation, StepResult
+from calmrl.envs.oracles import NO, UNKNOWN, YES, Reply, normalize
+from calmrl.errors import ConfigError
 
 OPENING = "Ask your first question."
-YES, NO, UNKNOWN, CORRECT = "Yes.", "No.", "I don't know.", "Yes! You guessed it."
+CORRECT = "Yes! You guessed it."
 # Words that carry no content in a question ("does it have four legs" -> "four legs"); dropped before
 # fuzzy matching so the attribute's own words decide the score.
 _FILLER = frozenset(
@@ -46,12 +46,6 @@ _FILLER = frozenset(
     "there you your they i me my of please".split()
 )
 _WH = frozenset("what which where who how when".split())
-_TOKEN = re.compile(r"[a-z0-9]+")
-
-
-def normalize(text: str) -> str:
-    """Lower-case words only (punctuation and extra spaces gone): the unit of comparison."""
-    return " ".join(_TOKEN.findall(text.lower()))
 
 
 @dataclass(frozen=True)
@@ -65,13 +59,6 @@ class Secret:
     @property
     def names(self) -> tuple[str, ...]:
         return (self.word, *self.aliases)
-
-
-@dataclass(frozen=True)
-class Reply:
-    text: str  # what the oracle says
-    key: str  # canonical form of what was asked (an attribute, a topic, or the normalised question)
-    failed: bool = False  # the oracle could not answer (a judge down, on_error=zero): nothing is learned
 
 
 class Oracle(Protocol):
@@ -235,7 +222,7 @@ class DialogueGame:
         for s in self.words.secrets:
             texts += [*s.names, *s.attributes, *s.facts, *s.facts.values()]
         texts += [p for phrases in self.words.topics.values() for p in phrases]
-        return sorted({w for t in texts for w in t.split()} | {w for t in texts for w in _TOKEN.findall(t.lower())})
+        return sorted({w for t in texts for w in t.split()} | {w for t in texts for w in normalize(t).split()})
 
     def reset(self, seed: int) -> Observation:
         self._secret = self.words.secrets[int(seed) % len(self.words.secrets)]

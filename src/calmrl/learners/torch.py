@@ -33,6 +33,37 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return lp, torch.nn.functional.pad(entropy, (1, 0))
 
 
+def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int):
+    """Right-padded rows prompt + response: (input_ids [N, W], attention_mask [N, W], response_mask [N, W] float)."""
+    width = max(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
+    n = len(prompts)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    response = torch.zeros((n, width))
+    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+        input_ids[i, : len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
+        attention[i, : len(p) + len(r)] = 1
+        response[i, len(p) : len(p) + len(r)] = 1.0
+    return input_ids, attention, response
+
+
+@torch.no_grad()
+def response_logprobs(
+    model, prompts: list[list[int]], responses: list[list[int]], pad_id: int, batch_size: int
+) -> list[torch.Tensor]:
+    """log pi(y_t | prompt, y_<t) of every response token, one float32 CPU tensor [len(response)] per row."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: list[torch.Tensor] = []
+    for s in range(0, len(prompts), batch_size):
+        ids, attn, mask = pack(prompts[s : s + batch_size], responses[s : s + batch_size], pad_id)
+        lp = token_logprobs(model, ids.to(device), attn.to(device)).float().cpu()
+        out.extend(lp[i][mask[i].bool()] for i in range(len(ids)))
+    model.train(was_training)
+    return out
+
+
 #: the parts of `policy_token_loss` every learner backend logs, in this order
 POLICY_LOSS_PARTS = ("loss/policy", "loss/kl", "loss/clip_frac", "loss/neg_logprob", "loss/entropy")
 

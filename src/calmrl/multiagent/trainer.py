@@ -22,7 +22,7 @@ from calmrl.learners.checkpoint import restore_rng
 from calmrl.logging import MetricsLogger
 from calmrl.multiagent.gmah import GMAHAgent
 from calmrl.multiagent.ippo import IPPOAgent
-from calmrl.trainer import start_run
+from calmrl.runs import start_run
 
 AGENTS = {"gmah": GMAHAgent, "ippo": IPPOAgent}
 

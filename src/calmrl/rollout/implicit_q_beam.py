@@ -123,7 +123,7 @@ def build_implicit_q_beam(cfg, policy, tokenizer, policy_dir, device) -> Implici
     or against the initial policy of the run the checkpoint belongs to."""
     from pathlib import Path
 
-    from calmrl.config import ConfigError
+    from calmrl.errors import ConfigError
     from calmrl.policy import load_policy
     from calmrl.shapers.implicit_q import check_same_tokenizer
 

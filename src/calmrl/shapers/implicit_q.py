@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from calmrl.algos.dpo import implicit_q_rewards
-from calmrl.config import ConfigError
 from calmrl.data import Batch, Trajectory
+from calmrl.errors import ConfigError
 from calmrl.shapers.base import SHAPERS, Shaper, ShaperContext
 
 

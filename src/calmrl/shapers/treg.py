@@ -27,7 +27,7 @@ class TRegShaper:
 
     def row_rewards(self, prompts: list[str], responses: list[list[int]]) -> list[torch.Tensor]:
         """r_t of each response's tokens after its prompt (text): one tensor [len(response)] per row."""
-        from calmrl.preference import response_logprobs
+        from calmrl.learners.torch import response_logprobs
 
         def encode(text: str) -> list[int]:
             return self.tokenizer(text, add_special_tokens=False)["input_ids"]

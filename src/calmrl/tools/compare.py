@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from calmrl.config import ConfigError
+from calmrl.errors import ConfigError
 
 METRICS_FILE = "metrics.jsonl"
 RUN_CONFIG = Path(".hydra") / "config.yaml"

@@ -84,12 +84,12 @@ def run_eval_command(cfg, out_dir: Path) -> dict:
     import torch
     from omegaconf import OmegaConf
 
-    from calmrl.config import ConfigError
     from calmrl.envs import make_pool
+    from calmrl.errors import ConfigError
     from calmrl.learners.checkpoint import CheckpointError, CheckpointManager
     from calmrl.policy import PromptTemplate, load_policy
     from calmrl.rollout import HFGenerator
-    from calmrl.trainer import pick_device
+    from calmrl.runs import pick_device
 
     policy_dir, source = _resolve_policy(cfg, CheckpointManager, CheckpointError, ConfigError)
     torch.manual_seed(cfg.seed)

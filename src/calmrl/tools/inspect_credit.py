@@ -168,8 +168,8 @@ def task_seed(cfg) -> int:
 def resolve_policy(cfg, out_dir: Path) -> tuple[Path, str]:
     """The save_pretrained directory to inspect and where it came from: `checkpoint`, `policy.path`, or the
     tiny default (random weights) built into `out_dir/tiny_policy`."""
-    from calmrl.config import ConfigError
     from calmrl.envs import make_env
+    from calmrl.errors import ConfigError
     from calmrl.learners.checkpoint import CheckpointError, CheckpointManager
     from calmrl.policy import PromptTemplate, build_tiny_policy
     from calmrl.tools.evaluate import _resolve_policy
@@ -190,7 +190,7 @@ def collect_group(cfg, policy_dir: Path | None, out_dir: Path) -> tuple[Batch, l
     from calmrl.envs import make_pool
     from calmrl.policy import PromptTemplate, load_policy
     from calmrl.rollout import HFGenerator, run_episodes
-    from calmrl.trainer import pick_device
+    from calmrl.runs import pick_device
 
     if policy_dir is None:
         policy_dir, _ = resolve_policy(cfg, out_dir)
@@ -538,7 +538,7 @@ def run_inspect_command(cfg, out_dir: Path) -> dict[str, Any]:
     print the summary and the paths. Returns {"html", "heatmap", "json": paths as str, "report": the JSON}."""
     from omegaconf import OmegaConf
 
-    from calmrl.config import ConfigError
+    from calmrl.errors import ConfigError
 
     out_dir = Path(out_dir)
     run, skipped, notes = plan_estimators(list(cfg.estimators))  # unknown names fail before any rollout

@@ -164,7 +164,8 @@ def test_penalty_rule_row_needs_sequence_step():
     from hydra import compose, initialize_config_dir
 
     from calmrl.cli import CONFIG_DIR
-    from calmrl.config import ConfigError, validate
+    from calmrl.config import validate
+    from calmrl.errors import ConfigError
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["run_name=t", "algo=ppo", "algo.penalty_rule=row"])

@@ -51,7 +51,8 @@ def test_colocate_puts_worker_j_with_learner_j_mod_n_and_sums_resources():
 
 
 def test_config_pairs_deepspeed_with_ray_and_refuses_what_ray_lacks():
-    from calmrl.config import ConfigError, validate
+    from calmrl.config import validate
+    from calmrl.errors import ConfigError
 
     validate(make())
     with pytest.raises(ConfigError, match="pass both learner=deepspeed cluster=ray"):
@@ -77,9 +78,9 @@ def local_ray():
 @pytest.fixture(scope="module")
 def trainer(local_ray, tmp_path_factory):
     """A RayTrainer (2 ZeRO-3 ranks, 2 rollout workers) that has run one iteration."""
-    from calmrl.trainer import Trainer
+    from calmrl.loops import build_trainer
 
-    t = Trainer(make("learner.zero_stage=3", "cluster.num_rollout_workers=2"), tmp_path_factory.mktemp("run"))
+    t = build_trainer(make("learner.zero_stage=3", "cluster.num_rollout_workers=2"), tmp_path_factory.mktemp("run"))
     t.first = t.train_iteration(1)
     yield t
     t.cluster.shutdown()

@@ -4,7 +4,6 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from calmrl.config import ConfigError
 from calmrl.envs import ENVS, make_env
 from calmrl.envs.math import (
     MathEnv,
@@ -13,6 +12,7 @@ from calmrl.envs.math import (
     load_problems,
     split_steps,
 )
+from calmrl.errors import ConfigError
 from calmrl.policy import PromptTemplate
 
 DATA = Path(__file__).parents[2] / "data" / "math"

@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from calmrl.config import ConfigError
 from calmrl.envs import ENVS, make_env
 from calmrl.envs.multiturn_instruct import (
     CATEGORIES,
@@ -21,6 +20,7 @@ from calmrl.envs.multiturn_instruct import (
     squad_exact,
     squad_f1,
 )
+from calmrl.errors import ConfigError
 from calmrl.policy import PromptTemplate
 
 DATA = Path(__file__).parents[2] / "data" / "multiturn_instruct"

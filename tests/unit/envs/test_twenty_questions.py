@@ -3,7 +3,6 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from calmrl.config import ConfigError
 from calmrl.envs import ENVS, make_env
 from calmrl.envs.twenty_questions import (
     CORRECT,
@@ -16,6 +15,7 @@ from calmrl.envs.twenty_questions import (
     TwentyQuestions,
     load_words,
 )
+from calmrl.errors import ConfigError
 from calmrl.policy import PromptTemplate
 
 DATA = Path(__file__).parents[2] / "data" / "twenty_questions"

@@ -15,10 +15,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from calmrl.cli import CONFIG_DIR
-from calmrl.config import ConfigError, validate
+from calmrl.config import validate
 from calmrl.envs import make_env, oracles
 from calmrl.envs.oracles import JudgeOracle, parse_yes_no
 from calmrl.envs.twenty_questions import CORRECT, NO, UNKNOWN, YES, GuessMyCity, RuleOracle, TwentyQuestions
+from calmrl.errors import ConfigError
 from calmrl.judges import JudgeError
 from calmrl.judges.local_server import LocalOpenAIServer
 

@@ -10,7 +10,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from calmrl.cli import CONFIG_DIR
-from calmrl.config import ConfigError, validate
+from calmrl.config import validate
+from calmrl.errors import ConfigError
 from calmrl.rollout.vllm import VLLMGenerator, engine_kwargs, sampled_logprobs, to_generations
 
 

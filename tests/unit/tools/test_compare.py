@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from calmrl.config import ConfigError
+from calmrl.errors import ConfigError
 from calmrl.tools.compare import (
     aggregate,
     compare,

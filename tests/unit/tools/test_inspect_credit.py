@@ -175,7 +175,7 @@ def test_unknown_estimator_lists_known_algos(tiny_policy_dir, tmp_path):
 
 
 def test_only_critic_estimators_is_a_config_error(tiny_policy_dir, tmp_path):
-    from calmrl.config import ConfigError
+    from calmrl.errors import ConfigError
 
     cfg = make_cfg(tiny_policy_dir)
     cfg.estimators = ["ppo"]
