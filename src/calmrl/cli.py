@@ -39,7 +39,39 @@ CONFIG_DIR = config_dir()
 
 def _fail(message: str) -> None:
     print(f"calmrl: error: {message}", file=sys.stderr)
+    _drop_rejected_job_dir()
     raise SystemExit(2)
+
+
+def _drop_rejected_job_dir() -> None:
+    """Hydra makes the job's output directory, its `<job>.log` and (where `hydra.output_subdir` is set: every
+    command but train) its `.hydra/` record before the command has checked its input; a rejected command removes
+    the directory again when that is all it holds (and any parents it leaves empty, below the working
+    directory). A directory with anything else in it (a run's metrics, checkpoints, reports) stays."""
+    import logging
+    import shutil
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return  # a composition error: Hydra made nothing
+    hydra_cfg = HydraConfig.get()
+    job_dir = Path(hydra_cfg.runtime.output_dir)
+    made_by_hydra = {f"{hydra_cfg.job.name}.log", *([hydra_cfg.output_subdir] if hydra_cfg.output_subdir else [])}
+    if not job_dir.is_dir() or any(p.name not in made_by_hydra for p in job_dir.iterdir()):
+        return
+    for handler in logging.getLogger().handlers:  # Hydra's file handler still holds the log open
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == job_dir:
+            handler.close()
+    shutil.rmtree(job_dir, ignore_errors=True)
+    cwd = Path.cwd().resolve()
+    for parent in job_dir.resolve().parents:
+        if parent == cwd or cwd not in parent.parents:
+            break
+        try:
+            parent.rmdir()  # only if empty
+        except OSError:
+            break
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

@@ -25,7 +25,11 @@ def project(tmp_path_factory):
         weights.write_bytes(data[: len(data) // 2])  # a write cut short
     (root / "no_weights").mkdir()
     (root / "no_weights" / "config.json").write_text('{"model_type": "qwen2"}')
+    (root / "broken.jsonl").write_text(BROKEN_JSONL)
     return root
+
+
+BROKEN_JSONL = '{"question": "1 + 1 ?", "answer": "#### 2"}\n{"question": "2 + 2 ?", \n'
 
 
 def _train(*overrides: str) -> tuple[str, ...]:
@@ -58,6 +62,8 @@ CASES = {
         ["is valid", "run_name=<new>", "nothing was overwritten"],
     ),
     "corrupt checkpoints (eval)": (("eval", "checkpoint=runs/broken"), ["no valid checkpoint"]),
+    # a corrupt data file (its second record is cut short)
+    "corrupt data file": (_train("env=math", "env.data_path=broken.jsonl"), ["env=math: ", "broken.jsonl:2: "]),
     # a policy path with no weights
     "policy without weights": (_train("policy.path=no_weights"), ["has no weights"]),
     # a finished run and resume=never
@@ -77,7 +83,21 @@ def test_bad_input_is_one_line_and_overwrites_nothing(project, case):
     assert {d.name: snapshot(d, skip=("train.log",)) for d in dirs} == before, f"{case}: files changed"
     for d in dirs:  # the run's log may record the refused attempt (its warnings), but only by appending
         assert (d / "train.log").read_bytes().startswith(logs[d.name])
-    assert sorted(p.name for p in runs.iterdir() if p.name not in ("eval", "inspect", "compare")) == [
-        "broken",
-        RUN,
-    ], "a rejected command created a run"
+    assert sorted(p.name for p in runs.iterdir()) == ["broken", RUN], "a rejected command left a directory"
+
+
+FRESH = {
+    "train, out of range": ("train", *FAST, "rollout.temperature=0"),
+    "train, corrupt data file": ("train", *FAST, "env=math", "env.data_path=broken.jsonl"),
+    "eval, missing checkpoint": ("eval", "checkpoint=/nonexistent/run"),
+}
+
+
+@pytest.mark.parametrize("case", list(FRESH))
+def test_a_rejected_fresh_command_leaves_no_directory(tmp_path, case):
+    """Hydra makes a job's directory and log before the command checks its input; a rejected command removes
+    them (and the runs/ it made), so a typo leaves nothing to clean up."""
+    (tmp_path / "broken.jsonl").write_text(BROKEN_JSONL)
+    proc = calmrl(*FRESH[case], cwd=tmp_path, check=False, timeout=120)
+    assert_one_error_line(proc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.jsonl"], f"{case} left files behind"

@@ -17,6 +17,7 @@ from calmrl.envs import (
 )
 from calmrl.envs.base import ENVS, Observation, StepResult, TextEnv
 from calmrl.envs.pool import EnvPool, InlinePool, ProcessPool
+from calmrl.errors import ConfigError
 
 __all__ = ["ENVS", "Observation", "StepResult", "TextEnv", "make_env", "make_pool", "FRAMEWORK_KEYS"]
 
@@ -33,7 +34,12 @@ def make_env(cfg: Any) -> TextEnv:
     # A framework key reaches an env that names it in __init__ (e.g. eval_seed_offset, for envs whose
     # held-out seeds index a separate eval file).
     wanted = inspect.signature(cls).parameters
-    return cls(**{k: v for k, v in params.items() if k not in FRAMEWORK_KEYS or k in wanted})
+    try:
+        return cls(**{k: v for k, v in params.items() if k not in FRAMEWORK_KEYS or k in wanted})
+    except ConfigError:
+        raise
+    except (ValueError, OSError) as exc:  # a value out of range, a missing or malformed data file: the user's input
+        raise ConfigError(f"env={params['name']}: {exc}") from exc
 
 
 def make_pool(cfg: Any, n: int) -> EnvPool:
