@@ -14,6 +14,27 @@ from calmrl.algos.gmah import mlp
 from calmrl.envs.multigrid import MultiGrid
 
 
+def team_gae(rewards: torch.Tensor, values: torch.Tensor, live: torch.Tensor, gamma: float, lam: float):
+    """GAE (Schulman et al., 2016) of every agent on the team reward, over lockstep episodes.
+
+    rewards: [T, B] team reward after step t; values: [T, B, n] V(o_i) at step t; live: [T, B] the episode had
+    not ended before step t. An episode ends after its last live step, so nothing bootstraps past it:
+        delta_t = r_t + gamma * live_{t+1} * V_{t+1} - V_t,   A_t = delta_t + gamma * lam * live_{t+1} * A_{t+1}
+    Returns advantages [T, B, n], zero on steps that were not live. The loop runs over time only (T is an
+    episode's length): each step is one tensor op over every episode and agent."""
+    mask = live.float()[..., None].expand_as(values)  # [T, B, n]
+    t_len = rewards.shape[0]
+    adv = torch.zeros_like(values)
+    last = torch.zeros_like(values[0])
+    for t in reversed(range(t_len)):
+        next_live = mask[t + 1] if t + 1 < t_len else torch.zeros_like(last)
+        next_v = values[t + 1] * next_live if t + 1 < t_len else torch.zeros_like(last)
+        delta = rewards[t][:, None] + gamma * next_v - values[t]
+        last = delta + gamma * lam * next_live * last
+        adv[t] = last * mask[t]
+    return adv
+
+
 class IPPOAgent:
     def __init__(self, env: MultiGrid, cfg, seed: int):
         torch.manual_seed(seed)
@@ -68,14 +89,7 @@ class IPPOAgent:
         cfg = self.cfg
         obs, actions, old_logp, values, rewards, live = self._rollout
         mask = live.float()[..., None].expand_as(actions).contiguous()  # [T, B, n]
-        t_len = rewards.shape[0]
-        adv = torch.zeros_like(values)
-        last = torch.zeros_like(values[0])
-        for t in reversed(range(t_len)):  # GAE over time (T is the episode length, not the batch)
-            next_v = values[t + 1] * mask[t + 1] if t + 1 < t_len else torch.zeros_like(last)
-            delta = rewards[t][:, None] + cfg.gamma * next_v - values[t]
-            last = delta + cfg.gamma * cfg.lam * (mask[t + 1] if t + 1 < t_len else 0.0) * last
-            adv[t] = last * mask[t]
+        adv = team_gae(rewards, values, live, cfg.gamma, cfg.lam)
         returns = adv + values
         flat = mask.bool()
         obs, actions, old_logp, adv, returns = obs[flat], actions[flat], old_logp[flat], adv[flat], returns[flat]
@@ -94,5 +108,5 @@ class IPPOAgent:
             loss.backward()
             torch.nn.utils.clip_grad_norm_([*self.policy.parameters(), *self.value.parameters()], 1.0)
             self.optimizer.step()
-            total += float(loss) / cfg.ppo_epochs
+            total += float(loss.detach()) / cfg.ppo_epochs
         return {"loss/ppo": total}
