@@ -1005,38 +1005,34 @@ def _policy_head_dim(policy) -> int | None:
 
 
 def _validate_scaleout(cfg: DictConfig, algo_fn) -> None:
-    """learner=deepspeed and cluster=ray go together (the DeepSpeed ranks are Ray actors); what they support."""
+    """What learner=deepspeed (one rank in-process under cluster=local, Ray actors under cluster=ray) and
+    cluster=ray support; cluster=ray needs learner=deepspeed (its learner ranks are DeepSpeed ranks)."""
     learner, cluster = cfg.learner.name, cfg.cluster.name
     require(learner in ("torch", "deepspeed"), f"unknown learner={learner}; use learner=torch or learner=deepspeed")
     require(cluster in ("local", "ray"), f"unknown cluster={cluster}; use cluster=local or cluster=ray")
     require(
-        (learner == "deepspeed") == (cluster == "ray"),
-        "learner=deepspeed runs its ranks as Ray actors: pass both learner=deepspeed cluster=ray "
-        f"(a local Ray cluster starts by itself), or neither (got learner={learner} cluster={cluster})",
+        cluster != "ray" or learner == "deepspeed",
+        "cluster=ray runs its learner ranks as DeepSpeed ranks: pass learner=deepspeed with it "
+        "(a local Ray cluster starts by itself)",
     )
+    if learner == "deepspeed":
+        _validate_deepspeed_learner(cfg, algo_fn)
     if cluster != "ray":
         return
     unsupported = [
         reason
         for reason, hit in (
-            ("a critic", "values" in algo_fn.requires),
             ("state across iterations", getattr(algo_fn, "state", None) is not None),
             ("its own rollout", getattr(algo_fn, "rollout", None) is not None),
-            ("offline preference data", getattr(algo_fn, "preference", False)),
         )
         if hit
-    ]
+    ]  # (a critic and preference data: refused for learner=deepspeed above)
     require(
         not unsupported,
         f"algo={cfg.algo.name} needs {' and '.join(unsupported)}, which cluster=ray does not support yet; "
-        "use cluster=local learner=torch",
+        "use cluster=local (learner=torch or learner=deepspeed)",
     )
     require(cfg.shaper.name == "none", f"cluster=ray supports shaper=none only so far (got shaper={cfg.shaper.name})")
-    require(cfg.learner.zero_stage in (0, 1, 2, 3), f"learner.zero_stage must be 0-3, got {cfg.learner.zero_stage}")
-    require(
-        not cfg.learner.offload_params or cfg.learner.zero_stage == 3,
-        "learner.offload_params needs learner.zero_stage=3 (only ZeRO-3 partitions the weights)",
-    )
     c = cfg.cluster
     require(c.num_learners >= 1, f"cluster.num_learners must be >= 1, got {c.num_learners}")
     require(c.num_rollout_workers >= 1, f"cluster.num_rollout_workers must be >= 1, got {c.num_rollout_workers}")
@@ -1044,6 +1040,36 @@ def _validate_scaleout(cfg: DictConfig, algo_fn) -> None:
     strategies = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
     require(c.strategy in strategies, f"cluster.strategy must be one of {', '.join(strategies)}, got {c.strategy}")
     require(c.learner_cpus > 0 and c.rollout_cpus > 0, "cluster.learner_cpus and cluster.rollout_cpus must be > 0")
+
+
+def _validate_deepspeed_learner(cfg: DictConfig, algo_fn) -> None:
+    """learner=deepspeed trains the policy loss only (no critic; the preference loop has its own learner), and as
+    one rank (cluster=local) it has no other rank to shard the weights across."""
+    unsupported = [
+        reason
+        for reason, hit in (
+            ("a critic", "values" in algo_fn.requires),
+            ("offline preference data", getattr(algo_fn, "preference", False)),
+        )
+        if hit
+    ]
+    require(
+        not unsupported,
+        f"algo={cfg.algo.name} needs {' and '.join(unsupported)}, which learner=deepspeed does not support yet; "
+        "use learner=torch",
+    )
+    z = cfg.learner.zero_stage
+    require(z in (0, 1, 2, 3), f"learner.zero_stage must be 0-3, got {z}")
+    require(
+        not cfg.learner.offload_params or z == 3,
+        "learner.offload_params needs learner.zero_stage=3 (only ZeRO-3 partitions the weights)",
+    )
+    require(
+        cfg.cluster.name == "ray" or z != 3,
+        "learner=deepspeed with cluster=local is one rank, and ZeRO-3 has no other rank to shard the weights "
+        "across: use learner.zero_stage=2 (learner.offload_optimizer=true moves the optimizer state to CPU), or "
+        "cluster=ray for several learner ranks",
+    )
 
 
 def validate_eval(cfg: DictConfig) -> None:

@@ -26,7 +26,7 @@ from calmrl.algos.segments import group_index
 from calmrl.data import apply_penalty_rule, build_batch, fold_shaping, penalty_rule
 from calmrl.envs import make_env, make_pool
 from calmrl.errors import ConfigError
-from calmrl.learners.checkpoint import restore_rng
+from calmrl.learners.checkpoint import LearnerStateCheckpoints, restore_rng
 from calmrl.learners.critic import ValueModel
 from calmrl.learners.torch import TorchLearner
 from calmrl.logging import MetricsLogger
@@ -94,7 +94,7 @@ class Trainer:
                 env_cfg=cfg.env,
             ),
         )
-        self.learner = TorchLearner(self.model, cfg.algo, cfg.learner, ref_model=ref_model, critic=critic)
+        self.learner = self.build_learner(ref_model, critic)
         # rollout=vllm: one vLLM engine behind both generators, its weights synced after every update;
         # rollout=hf generates with the learner's own module, so it never needs a sync.
         self.engine = None
@@ -132,6 +132,29 @@ class Trainer:
             self.state = dict(self.resume_from.trainer_state)
 
     # ---------------------------------------------------------------- setup helpers
+    def build_learner(self, ref_model, critic):
+        """The learner in this process: TorchLearner (learner=torch), or DeepSpeed as one rank
+        (learner=deepspeed; it wraps self.model, restores a checkpoint's `deepspeed/` state, and its checkpoints
+        carry that state too). RayTrainer overrides this: its learner ranks are Ray actors."""
+        cfg = self.cfg
+        state_dir = self.resume_from.path / LearnerStateCheckpoints.STATE_DIR if self.resume_from else None
+        # a checkpoint's optimizer state is in one learner's format: resuming with the other would restart it
+        if state_dir is not None and state_dir.is_dir() != (cfg.learner.name == "deepspeed"):
+            written_by = "learner=deepspeed" if state_dir.is_dir() else "learner=torch"
+            raise ConfigError(
+                f"{self.resume_from.path} was written by {written_by}: resume it with {written_by}, or pass "
+                "run_name=<new> for a fresh run (nothing was overwritten)"
+            )
+        if cfg.learner.name != "deepspeed":
+            return TorchLearner(self.model, cfg.algo, cfg.learner, ref_model=ref_model, critic=critic)
+        from calmrl.learners.deepspeed import single_rank_learner
+
+        learner = single_rank_learner(self.model, cfg.algo, cfg.learner, ref_model=ref_model, state_dir=state_dir)
+        self.checkpoints = LearnerStateCheckpoints(
+            self.checkpoints.directory, cfg.trainer.keep_last, learner.save_state
+        )
+        return learner
+
     def _policy_path(self) -> Path:
         if self.cfg.policy.path:
             return Path(self.cfg.policy.path).expanduser()

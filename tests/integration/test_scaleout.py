@@ -67,6 +67,30 @@ def test_ray_deepspeed_first_iteration_matches_local_torch(local_run, workdir, s
     AutoModelForCausalLM.from_pretrained(ckpt / "policy", use_safetensors=True)
 
 
+def test_deepspeed_in_one_process_matches_local_torch_and_resumes(local_run, workdir):
+    """learner=deepspeed without Ray: one DeepSpeed rank in the trainer's process, on the same sampling stream."""
+    args = [*ARGS, "learner=deepspeed", "run_name=ds"]
+    calmrl("train", *args, cwd=workdir)
+    run = workdir / "runs" / "ds"
+    first, ref = metrics(run)[0], local_run[0]
+    for key in ("rollout/episode_return", "rollout/success_rate", "rollout/response_tokens", "credit/adv_std"):
+        assert first[key] == ref[key], key  # the same sampled episodes
+    assert first["loss/policy"] == pytest.approx(ref["loss/policy"], abs=LOSS_ABS)
+    for key in ("loss/neg_logprob", "loss/grad_norm"):
+        assert first[key] == pytest.approx(ref[key], rel=REL), key
+    ckpt = run / "checkpoints" / "step_00000002"
+    assert [p.name for p in (ckpt / "deepspeed" / "state").glob("*_optim_states.pt")] == [
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    ]
+    resumed = [a if not a.startswith("trainer.total_iters") else "trainer.total_iters=3" for a in args]
+    proc = calmrl("train", *resumed, cwd=workdir)
+    assert "resuming" in proc.stdout and "from iteration 2" in proc.stdout
+    assert [m["iter"] for m in metrics(run)] == [1, 2, 3]
+    # its optimizer state is DeepSpeed's: resuming it with learner=torch is refused, not silently restarted
+    refused = calmrl("train", *[a for a in resumed if a != "learner=deepspeed"], cwd=workdir, check=False)
+    assert refused.returncode == 2 and "was written by learner=deepspeed" in refused.stderr
+
+
 def test_two_rollout_workers_run_and_resume(workdir):
     args = [*ARGS, "cluster=ray", "learner=deepspeed", "learner.zero_stage=3", "cluster.num_rollout_workers=2"]
     calmrl("train", *args, "run_name=w2", cwd=workdir)

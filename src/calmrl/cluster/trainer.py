@@ -13,7 +13,6 @@ worker the first iteration samples exactly the trajectories cluster=local sample
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 
 from calmrl.cluster.ray import RayCluster
 from calmrl.envs.pool import InlinePool
-from calmrl.learners.checkpoint import CheckpointManager
+from calmrl.learners.checkpoint import LearnerStateCheckpoints
 from calmrl.runs import train_seeds
 from calmrl.trainer import Trainer
 
@@ -47,26 +46,10 @@ class RayLearner:
         return self.cluster.current_logprobs(batch)
 
     def optimizer_state(self) -> None:
-        return None  # DeepSpeed's partitions go into the checkpoint's deepspeed/ (RayCheckpoints)
+        return None  # DeepSpeed's partitions go into the checkpoint's deepspeed/ (LearnerStateCheckpoints)
 
     def load_optimizer_state(self, state) -> None:
         raise NotImplementedError("cluster=ray restores the optimizer from the checkpoint's deepspeed/ directory")
-
-
-class RayCheckpoints(CheckpointManager):
-    """CheckpointManager whose checkpoints also hold the learners' DeepSpeed state in `deepspeed/`."""
-
-    def __init__(self, directory, keep_last: int, cluster: RayCluster):
-        super().__init__(directory, keep_last)
-        self.cluster = cluster
-
-    def save(self, step, model, tokenizer=None, optimizer_state=None, trainer_state=None, extra=None, extra_dirs=None):
-        self.directory.mkdir(parents=True, exist_ok=True)
-        staging = self.directory / f".deepspeed_staging-{step:08d}"
-        shutil.rmtree(staging, ignore_errors=True)
-        self.cluster.save_state(staging)  # every rank writes its shard (a filesystem all ranks see)
-        dirs = {**(extra_dirs or {}), "deepspeed": staging}
-        return super().save(step, model, tokenizer, optimizer_state, trainer_state, extra, extra_dirs=dirs)
 
 
 class RayTrainer(Trainer):
@@ -83,7 +66,12 @@ class RayTrainer(Trainer):
         self.cluster = RayCluster(cfg, self.run_dir, policy_path, self._policy_path(), state_dir)
         self.setup_s = time.perf_counter() - t0
         self.learner = RayLearner(self.cluster, cfg.algo, self.model)
-        self.checkpoints = RayCheckpoints(self.checkpoints.directory, cfg.trainer.keep_last, self.cluster)
+        self.checkpoints = LearnerStateCheckpoints(
+            self.checkpoints.directory, cfg.trainer.keep_last, self.cluster.save_state
+        )
+
+    def build_learner(self, ref_model, critic):
+        return None  # the learner ranks are Ray actors, started in __init__ once the driver's policy is loaded
 
     def rollout(self, it: int, timings: dict[str, float]):
         cfg = self.cfg

@@ -346,3 +346,25 @@ class CheckpointManager:
             trainer_state=read_json("trainer_state.json"),
             rng_state=rng,
         )
+
+
+class LearnerStateCheckpoints(CheckpointManager):
+    """CheckpointManager whose checkpoints also hold a learner backend's own state under `deepspeed/`: DeepSpeed's
+    optimizer (and ZeRO-3 weight) partitions, written by `save_state(directory)` into a staging directory that
+    is moved in before the manifest, so `resume=auto` restores them as atomically as everything else."""
+
+    STATE_DIR = "deepspeed"
+
+    def __init__(self, directory, keep_last: int, save_state):
+        super().__init__(directory, keep_last)
+        self.save_state = save_state
+
+    def save(self, step, model, tokenizer=None, optimizer_state=None, trainer_state=None, extra=None, extra_dirs=None):
+        import shutil
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        staging = self.directory / f".{self.STATE_DIR}_staging-{step:08d}"
+        shutil.rmtree(staging, ignore_errors=True)
+        self.save_state(staging)  # under cluster=ray every rank writes its shard (a filesystem all ranks see)
+        dirs = {**(extra_dirs or {}), self.STATE_DIR: staging}
+        return super().save(step, model, tokenizer, optimizer_state, trainer_state, extra, extra_dirs=dirs)

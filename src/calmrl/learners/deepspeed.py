@@ -15,7 +15,8 @@ A step whose loss is not finite on any rank, or whose reduced gradient norm is n
 ranks and counted in `loss/skipped_steps`, as in TorchLearner.
 
 Runs anywhere DeepSpeed does: on CUDA with NCCL, and on CPU with DeepSpeed's CPU accelerator
-(DS_ACCELERATOR=cpu) and gloo, which is how CI tests it.
+(DS_ACCELERATOR=cpu) and gloo, which is how CI tests it. The ranks are Ray actors under cluster=ray, or one rank
+in the trainer's own process under cluster=local (`single_rank_learner`).
 """
 
 from __future__ import annotations
@@ -84,6 +85,25 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
     if not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         deepspeed.init_distributed(dist_backend=backend, rank=rank, world_size=world_size, auto_mpi_discovery=False)
+
+
+def single_rank_learner(model, algo_cfg, learner_cfg, ref_model=None, state_dir: Path | None = None):
+    """learner=deepspeed with cluster=local: a world of one rank in this process (gloo on a free loopback port;
+    DeepSpeed's CPU accelerator when the model is on CPU). The wrapped module is `model` itself, so the trainer's
+    HF generator samples from the weights DeepSpeed updates. `state_dir`: a checkpoint's `deepspeed/` to resume."""
+    import socket
+
+    if next(model.parameters()).device.type == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when deepspeed picks its accelerator
+    if not torch.distributed.is_initialized():
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        init_distributed(0, 1, "127.0.0.1", port)
+    learner = DeepSpeedLearner(model, algo_cfg, learner_cfg, ref_model=ref_model)
+    if state_dir is not None:
+        learner.load_state(state_dir)
+    return learner
 
 
 class DeepSpeedLearner:

@@ -55,10 +55,13 @@ def test_config_pairs_deepspeed_with_ray_and_refuses_what_ray_lacks():
     from calmrl.errors import ConfigError
 
     validate(make())
-    with pytest.raises(ConfigError, match="pass both learner=deepspeed cluster=ray"):
-        validate(make("cluster=local"))
-    with pytest.raises(ConfigError, match="algo=ppo needs a critic"):
+    validate(make("cluster=local"))  # learner=deepspeed as one rank in the trainer's process
+    with pytest.raises(ConfigError, match="cluster=ray runs its learner ranks as DeepSpeed ranks"):
+        validate(make("learner=torch"))
+    with pytest.raises(ConfigError, match="algo=ppo needs a critic, which learner=deepspeed does not support"):
         validate(make("algo=ppo"))
+    with pytest.raises(ConfigError, match="ZeRO-3 has no other rank"):
+        validate(make("cluster=local", "learner.zero_stage=3"))
     with pytest.raises(ConfigError, match="offload_params needs learner.zero_stage=3"):
         validate(make("learner.offload_params=true"))
 
