@@ -973,6 +973,13 @@ ROLLOUT_CORRECTIONS = ("none", "tis", "mask")
 VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 
+def hosts_vllm_cpu_engine(rollout_cfg) -> bool:
+    """Whether a process with this rollout config runs vLLM's CPU build in it. Such a process keeps torch's default
+    threads whatever cluster.num_threads says: with torch held to one thread, vllm-cpu 0.32 scored some rollouts
+    after a weight reload with partly stale weights while the sync probe still agreed (docs/scaling.md)."""
+    return str(rollout_cfg.name) == "vllm" and vllm_build() == "cpu"
+
+
 def vllm_build() -> str | None:
     """Which vLLM is installed, without importing it: "cpu" (the vllm-cpu distribution), "cuda" (vllm), or None."""
     import importlib.metadata

@@ -3,6 +3,7 @@ iteration, the device, the run directory with its checkpoints and the point to r
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
@@ -10,8 +11,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from calmrl.config import hosts_vllm_cpu_engine
 from calmrl.errors import ConfigError
 from calmrl.learners.checkpoint import Checkpoint, CheckpointManager
+
+log = logging.getLogger(__name__)
 
 
 def train_seeds(seed: int, it: int, num_groups: int, eval_offset: int) -> list[int]:
@@ -33,7 +37,12 @@ def start_run(loop, cfg: DictConfig, run_dir: Path) -> None:
     loop.cfg, loop.run_dir = cfg, Path(run_dir)
     loop.device = pick_device(str(cfg.device))
     if cfg.cluster.num_threads:
-        torch.set_num_threads(int(cfg.cluster.num_threads))
+        if hosts_vllm_cpu_engine(cfg.rollout):
+            log.warning(
+                "cluster.num_threads=%s not applied: this process runs vLLM's CPU build", cfg.cluster.num_threads
+            )
+        else:
+            torch.set_num_threads(int(cfg.cluster.num_threads))
     loop.checkpoints = CheckpointManager(loop.run_dir / "checkpoints", keep_last=cfg.trainer.keep_last)
     loop.resume_from = find_resume_point(loop.checkpoints, cfg, loop.run_dir)
     random.seed(cfg.seed)

