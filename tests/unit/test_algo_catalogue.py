@@ -18,7 +18,9 @@ OPTIONS = sorted(p.stem for p in (ROOT / "conf" / "algo").glob("*.yaml"))
 
 
 def test_every_registered_algo_is_an_option():
-    assert sorted({*ALGOS.names(), *MULTIAGENT_ALGOS}) == OPTIONS
+    # calmrl's own: a test may register one of its own in this process (tests/reliability/test_nan_loss.py)
+    shipped = {name for name in ALGOS.names() if ALGOS.get(name).__module__.startswith("calmrl.")}
+    assert sorted({*shipped, *MULTIAGENT_ALGOS}) == OPTIONS
 
 
 @pytest.mark.parametrize("name", OPTIONS)
