@@ -11,6 +11,7 @@ bad override fails in well under a second.
 
 from __future__ import annotations
 
+import logging
 import sys
 from importlib import resources
 from pathlib import Path
@@ -90,7 +91,7 @@ def train(cfg: DictConfig) -> float | None:
     from calmrl.cluster.slurm import SlurmError, join_allocation
 
     try:  # inside a multi-node SLURM job: node 0 starts the Ray head and trains, the others serve as Ray workers
-        if not join_allocation(cfg):
+        if not join_allocation(cfg, run_dir=Path(HydraConfig.get().runtime.output_dir)):
             return None
     except SlurmError as exc:
         _fail(str(exc))
@@ -299,6 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     # conf/hydra/launcher/submitit_local.yaml shares its name with the submitit plugin's schema on purpose (Hydra
     # checks the file against it); Hydra 1.3 still does that check but warns it is deprecated on every run.
     warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_local' is validated against ConfigStore")
+    _quiet_submitit_sacct()
     wants_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
@@ -307,6 +309,28 @@ def main(argv: list[str] | None = None) -> None:
         if wants_trace:
             raise
         _fail(_one_line(exc))
+
+
+class _SacctOnce(logging.Filter):
+    """Without SLURM accounting (no slurmdbd) every poll of submitit's job watcher fails its `sacct` call and warns
+    "Bypassing sacct error": keep the first one, with what it means, and drop the repeats. submitit still reads
+    the job states from squeue, and a job that failed still fails the sweep."""
+
+    seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Bypassing sacct error" not in record.getMessage():
+            return True
+        if self.seen:
+            return False
+        self.seen = True
+        record.msg = f"{record.getMessage()} (SLURM accounting looks off; said once, not at every poll)"
+        record.args = ()
+        return True
+
+
+def _quiet_submitit_sacct() -> None:
+    logging.getLogger("submitit").addFilter(_SacctOnce())
 
 
 def _one_line(exc: BaseException) -> str:

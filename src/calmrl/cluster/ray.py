@@ -62,7 +62,26 @@ def start_ray(c) -> None:
         return
     need = math.ceil(sum(b["CPU"] for b in bundles(c)[0]))
     gpus = math.ceil(sum(b.get("GPU", 0.0) for b in bundles(c)[0]))
-    ray.init(num_cpus=max(int(c.num_cpus or os.cpu_count() or 1), need), num_gpus=gpus or None, **kwargs)
+    # address="local": a new cluster even where `ray start` left one running on this machine (ray.init would
+    # join that one, and refuse the num_cpus given here)
+    ray.init(
+        address="local", num_cpus=max(int(c.num_cpus or os.cpu_count() or 1), need), num_gpus=gpus or None, **kwargs
+    )
+
+
+def placement_summary(pg, learner_bundles: list[int], worker_bundles: list[int]) -> str:
+    """Where the placement group put each role, by node address: 'learner ranks on 10.0.0.1, 10.0.0.2; rollout
+    workers on 10.0.0.2'."""
+    import ray
+    from ray.util import placement_group_table
+
+    node_ip = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
+    bundle_node = placement_group_table(pg)["bundles_to_node_id"]
+
+    def where(bundles: list[int]) -> str:
+        return ", ".join(node_ip.get(bundle_node.get(b), "?") for b in bundles)
+
+    return f"learner ranks on {where(learner_bundles)}; rollout workers on {where(worker_bundles)}"
 
 
 class RayCluster:
@@ -91,6 +110,7 @@ class RayCluster:
                 f"(cluster resources: {ray.cluster_resources()}); lower cluster.*_cpus / *_gpus or add nodes"
             ) from None
         self.timings["placement_s"] = time.perf_counter() - t0
+        log.info("Ray placement: %s", placement_summary(self.pg, learner_bundles, self.worker_bundles))
         self._strategy = lambda i: PlacementGroupSchedulingStrategy(
             placement_group=self.pg, placement_group_bundle_index=i
         )

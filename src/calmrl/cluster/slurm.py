@@ -7,8 +7,10 @@ same `calmrl train`. `join_allocation` (called by the CLI before anything heavy)
 - one node, or no SLURM at all (a shell, `hydra/launcher=submitit_local`): nothing to do, this process trains;
 - several nodes with `cluster=ray`: node 0 starts a Ray head (`ray start --head`), exports its address
   (`RAY_ADDRESS`, and `cluster.address` when the cluster config has that key), waits until every node has
-  joined, trains, and stops Ray at exit; every other node joins the head (`ray start --address ... --block`)
-  and serves Ray workers until the head goes away, then returns without training;
+  joined, trains, and stops its head at exit; every other node joins the head (`ray start --address ...`)
+  and serves Ray workers until the head goes away, then returns without training. Each node gives Ray the
+  address its SLURM node name resolves to, and every node uses the same token authentication
+  (`ray_auth_env`);
 - every multi-node job also exports MASTER_ADDR / MASTER_PORT / NODE_RANK / NNODES (node 0's address, a port
   derived from the job id) for a torch.distributed / DeepSpeed world that spans the nodes.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -28,6 +31,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class SlurmError(RuntimeError):
@@ -185,19 +189,68 @@ def ray_address(world: SlurmWorld, head_ip: str | None = None) -> str:
     return f"{head_ip or world.head}:{world.port(0)}"
 
 
-def ray_start_command(world: SlurmWorld, ray: str = "ray", head_ip: str | None = None) -> list[str]:
-    """`ray start` for this node: the head on node 0, a blocking worker that joins it elsewhere.
-    `head_ip`: node 0's address (Ray wants an IP; default: its host name)."""
+def ray_start_command(
+    world: SlurmWorld, ray: str = "ray", head_ip: str | None = None, node_ip: str | None = None
+) -> list[str]:
+    """`ray start` for this node: the head on node 0, a worker that joins it elsewhere; both `--block`, so the
+    process that started one stops it (and only it) by ending that command.
+    `head_ip`: node 0's address; `node_ip`: this node's (Ray wants IPs; default: the host names). Without
+    `--node-ip-address` Ray takes the address of the interface its default route uses, which on a host with
+    several networks is not the one the node's name resolves to."""
+    ip = node_ip or (head_ip if world.is_head else None) or world.nodes[world.node_rank]
     if world.is_head:
-        cmd = [ray, "start", "--head", f"--port={world.port(0)}", f"--node-ip-address={head_ip or world.head}"]
+        cmd = [ray, "start", "--head", f"--port={world.port(0)}"]
     else:
-        cmd = [ray, "start", f"--address={ray_address(world, head_ip)}", "--block"]
+        cmd = [ray, "start", f"--address={ray_address(world, head_ip)}"]
+    # one dashboard agent per node; its default port (52365) is one for all, so two nodes sharing a host collide
+    cmd += [f"--node-ip-address={ip}", f"--dashboard-agent-listen-port={world.port(2 + world.node_rank)}", "--block"]
     # Ray would count every core and GPU of the machine; the allocation may hold only part of it
     if world.cpus_per_task:
         cmd.append(f"--num-cpus={world.cpus_per_task}")
     if world.gpus_on_node is not None:
         cmd.append(f"--num-gpus={world.gpus_on_node}")
     return cmd
+
+
+def ray_cli() -> str | None:
+    """The `ray` command of the running interpreter's environment (a venv run by its path is not on PATH), else
+    the one on PATH."""
+    beside = Path(sys.executable).parent / "ray"
+    return str(beside) if beside.is_file() and os.access(beside, os.X_OK) else shutil.which("ray")
+
+
+# ---------------------------------------------------------------- Ray's token authentication
+AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def ray_auth_env(env: Mapping[str, str], token_path: Path) -> dict[str, str]:
+    """The same authentication settings for every node of the job.
+
+    Ray 2.60 turns token authentication on for `ray start --head` when it finds a token (~/.ray/auth_token,
+    written by any earlier local `ray.init()`), but a joining `ray start --address` decides from RAY_AUTH_MODE
+    alone; left to itself the head authenticates and the workers are refused. So calmrl sets the mode on every
+    node: RAY_AUTH_MODE as given (`disabled` turns authentication off for the whole job), else `token`; the token
+    is the user's (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH) when given, else one of this job's own that node 0
+    writes to `token_path` in the run directory, which every node of the job shares."""
+    mode = (env.get("RAY_AUTH_MODE") or "token").lower()
+    if mode not in ("token", "disabled"):
+        raise SlurmError(f"RAY_AUTH_MODE={env['RAY_AUTH_MODE']!r}: Ray knows 'token' and 'disabled'")
+    if mode == "disabled":
+        return {"RAY_AUTH_MODE": "disabled"}
+    if env.get("RAY_AUTH_TOKEN"):
+        return {"RAY_AUTH_MODE": "token"}
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": env.get("RAY_AUTH_TOKEN_PATH") or str(token_path)}
+
+
+def write_job_token(path: Path) -> None:
+    """A fresh random token, readable by its owner only (written before anyone can read it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    os.replace(tmp, path)
 
 
 def wait_for_nodes(expected: int, count_alive: Callable[[], int], timeout_s: float, poll_s: float = 2.0) -> int:
@@ -224,8 +277,11 @@ def _ray_alive_nodes(address: str) -> int:
     return sum(1 for n in ray.nodes() if n.get("Alive"))
 
 
-def join_allocation(cfg, env: Mapping[str, str] | None = None, join_timeout_s: float = 600.0) -> bool:
-    """Set this task up inside its SLURM allocation; True when this process should run the trainer."""
+def join_allocation(
+    cfg, env: Mapping[str, str] | None = None, run_dir: Path | None = None, join_timeout_s: float = 600.0
+) -> bool:
+    """Set this task up inside its SLURM allocation; True when this process should run the trainer.
+    `run_dir`: the job's run directory (shared by its nodes), where node 0 leaves the job's Ray token."""
     world = slurm_world(env)
     if world is None or world.num_nodes == 1:
         return True
@@ -241,18 +297,29 @@ def join_allocation(cfg, env: Mapping[str, str] | None = None, join_timeout_s: f
             "pass cluster=ray to spread rollout workers and learners over the nodes, or hydra.launcher.nodes=1"
         )
     os.environ.update(dist_env(world))
-    ray = shutil.which("ray")
+    ray = ray_cli()
     if ray is None:
-        raise SlurmError('cluster=ray across nodes needs the ray CLI on every node: pip install "calmrl[ray]"')
-    head_ip = socket.gethostbyname(world.head)
+        raise SlurmError(
+            f'cluster=ray across nodes needs the ray CLI (next to {sys.executable} or on PATH): pip install "calmrl[ray]"'
+        )
+    head_ip, node_ip = _resolve(world.head), _resolve(world.nodes[world.node_rank])
     address = ray_address(world, head_ip)
+    token_path = Path(run_dir or Path.cwd()) / ".ray" / f"auth_token.{world.job_id}"
+    os.environ.update(ray_auth_env(os.environ, token_path))
     if not world.is_head:
         _wait_for_port(head_ip, world.port(0), join_timeout_s)
-        print(f"calmrl: node {world.node_rank} joins the Ray head at {address}", file=sys.stderr, flush=True)
-        subprocess.run(ray_start_command(world, ray, head_ip), check=False)  # returns when the head stops
+        print(
+            f"calmrl: node {world.node_rank} ({node_ip}) joins the Ray head at {address}", file=sys.stderr, flush=True
+        )
+        worker = subprocess.Popen(ray_start_command(world, ray, head_ip, node_ip), env=_ray_start_env())
+        _serve_until_head_stops(worker, head_ip, world.port(0))
         return False
-    subprocess.run(ray_start_command(world, ray, head_ip), check=True)
-    atexit.register(subprocess.run, [ray, "stop"], check=False)  # lets the workers' `--block` return
+    if os.environ.get("RAY_AUTH_TOKEN_PATH") == str(token_path):
+        write_job_token(token_path)  # before the head listens: a worker that reaches the port finds the token
+        atexit.register(token_path.unlink, missing_ok=True)  # after _stop below (atexit runs last in, first out)
+    head = subprocess.Popen(ray_start_command(world, ray, head_ip, node_ip), env=_ray_start_env())
+    atexit.register(_stop, head)  # ends this job's Ray head, and with it the workers' `ray start --block`
+    _wait_for_port(head_ip, world.port(0), join_timeout_s, alive=head)
     os.environ["RAY_ADDRESS"] = address
     if "address" in cfg.cluster:
         from omegaconf import open_dict
@@ -267,13 +334,53 @@ def join_allocation(cfg, env: Mapping[str, str] | None = None, join_timeout_s: f
     return True
 
 
-def _wait_for_port(host: str, port: int, timeout_s: float) -> None:
+def _ray_start_env() -> dict[str, str]:
+    """On SIGTERM `ray start --block` first drains its node, 30 s by default, for Ray Serve to move replicas away.
+    A calmrl job stops its nodes when training has ended, with nothing left to move: no drain, unless asked."""
+    return {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", **os.environ}
+
+
+def _resolve(host: str) -> str:
+    try:
+        return socket.gethostbyname(host)
+    except OSError as exc:
+        raise SlurmError(f"cannot resolve SLURM node {host!r} to an address: {exc}") from None
+
+
+def _serve_until_head_stops(worker: subprocess.Popen, head_ip: str, port: int, poll_s: float = 1.0) -> None:
+    """Keep this node's Ray worker up while the head's port answers. Ray's own worker would notice a stopped head
+    only after its GCS reconnect timeout (a minute), holding the job that long after training ended."""
+    misses = 0
+    while worker.poll() is None and misses < 3:
+        try:
+            with socket.create_connection((head_ip, port), timeout=5):
+                misses = 0
+        except OSError:
+            misses += 1
+        time.sleep(poll_s)
+    _stop(worker)
+
+
+def _stop(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """SIGTERM to `ray start --block`, which stops the Ray processes it started; SIGKILL if it lingers."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _wait_for_port(host: str, port: int, timeout_s: float, alive: subprocess.Popen | None = None) -> None:
+    """Until `host:port` accepts connections; SlurmError after `timeout_s`, or as soon as `alive` has exited."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             with socket.create_connection((host, port), timeout=5):
                 return
         except OSError:
+            if alive is not None and alive.poll() is not None:
+                raise SlurmError(f"`ray start --head` exited with {alive.returncode} (its output is above)") from None
             if time.monotonic() >= deadline:
                 raise SlurmError(f"the Ray head {host}:{port} did not come up within {timeout_s:.0f} s") from None
             time.sleep(2)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import stat
+import sys
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -11,9 +14,12 @@ from calmrl.cluster.slurm import (
     hostnames,
     join_allocation,
     parse_nodelist,
+    ray_auth_env,
+    ray_cli,
     ray_start_command,
     slurm_world,
     wait_for_nodes,
+    write_job_token,
 )
 
 
@@ -90,11 +96,55 @@ def test_dist_env_and_ray_commands():
     assert env == {"MASTER_ADDR": "node01", "MASTER_PORT": str(worker.port(1)), "NODE_RANK": "2", "NNODES": "4"}
     port = head.port()
     assert ray_start_command(head, "ray", head_ip="10.0.0.1") == [
-        "ray", "start", "--head", f"--port={port}", "--node-ip-address=10.0.0.1", "--num-cpus=16", "--num-gpus=8",
+        "ray", "start", "--head", f"--port={port}", "--node-ip-address=10.0.0.1",
+        f"--dashboard-agent-listen-port={head.port(2)}", "--block", "--num-cpus=16", "--num-gpus=8",
     ]  # fmt: skip
-    assert ray_start_command(worker, "ray", head_ip="10.0.0.1") == [
-        "ray", "start", f"--address=10.0.0.1:{port}", "--block", "--num-cpus=16", "--num-gpus=8",
+    assert ray_start_command(worker, "ray", head_ip="10.0.0.1", node_ip="10.0.0.3") == [
+        "ray", "start", f"--address=10.0.0.1:{port}", "--node-ip-address=10.0.0.3",
+        f"--dashboard-agent-listen-port={worker.port(4)}", "--block", "--num-cpus=16", "--num-gpus=8",
     ]  # fmt: skip
+    # without an IP a worker names itself by its SLURM node name, never by the head's address
+    assert "--node-ip-address=node03" in ray_start_command(worker, "ray", head_ip="10.0.0.1")
+
+
+def test_ray_cli_is_the_one_beside_the_interpreter_before_path(tmp_path, monkeypatch):
+    venv_bin, elsewhere = tmp_path / "venv" / "bin", tmp_path / "elsewhere"
+    for d in (venv_bin, elsewhere):
+        d.mkdir(parents=True)
+        (d / "ray").write_text("#!/bin/sh\n")
+        (d / "ray").chmod(0o755)
+    monkeypatch.setenv("PATH", str(elsewhere))
+    monkeypatch.setattr(sys, "executable", str(venv_bin / "python"))
+    assert ray_cli() == str(venv_bin / "ray")  # a venv run by its path, not activated
+    (venv_bin / "ray").unlink()
+    assert ray_cli() == str(elsewhere / "ray")
+    monkeypatch.setenv("PATH", str(tmp_path / "none"))
+    assert ray_cli() is None
+
+
+def test_ray_auth_env_is_one_setting_for_every_node(tmp_path):
+    job_token = tmp_path / ".ray" / "auth_token.7"
+    # unset: token authentication with this job's own token, on every node alike
+    assert ray_auth_env({}, job_token) == {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(job_token)}
+    assert ray_auth_env({"RAY_AUTH_MODE": "disabled"}, job_token) == {"RAY_AUTH_MODE": "disabled"}
+    assert ray_auth_env({"RAY_AUTH_MODE": "DISABLED", "RAY_AUTH_TOKEN": "x"}, job_token) == {
+        "RAY_AUTH_MODE": "disabled"
+    }
+    # the user's own token wins over the job's
+    assert ray_auth_env({"RAY_AUTH_TOKEN": "secret"}, job_token) == {"RAY_AUTH_MODE": "token"}
+    mine = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": "/shared/token"}
+    assert ray_auth_env(mine, job_token) == mine
+    with pytest.raises(SlurmError, match="'token' and 'disabled'"):
+        ray_auth_env({"RAY_AUTH_MODE": "tokens"}, job_token)
+
+
+def test_write_job_token_is_private_and_fresh(tmp_path):
+    path = tmp_path / "run" / ".ray" / "auth_token.7"
+    write_job_token(path)
+    first = path.read_text()
+    assert len(first) == 64 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    write_job_token(path)  # a resubmitted job: a new token over the old one
+    assert path.read_text() != first and stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 def cfg(cluster="local"):
