@@ -45,7 +45,7 @@ train: $(CORE)  ## train the embedded default (CPU, tiny model, gridworld, GRPO)
 	$(BIN)/calmrl train $(ARGS)
 
 test: install  ## run the unit, integration and reliability tests
-	$(BIN)/python -m pytest -ra $(ARGS)
+	$(BIN)/python -m pytest -ra --durations=30 $(ARGS)
 
 test-gpu: install  ## on a CUDA machine: the vllm extra, then tests/gpu (vLLM parity, sync, sleep/wake, a short run)
 	$(BIN)/python -c "import torch, sys; torch.cuda.is_available() or sys.exit('make test-gpu: no CUDA GPU is visible')"

@@ -41,6 +41,11 @@ def test_default_composes_and_validates():
         ("algo.dual_clip=0.5", "algo.dual_clip must be > 1"),
         ("algo.entropy_coef=-0.1", "algo.entropy_coef must be >= 0"),
         ("algo.penalty_rule=row", "set algo.episode_stats=step_rows"),
+        # validate() checks every group's field ranges, not only the algo's
+        ("rollout.generation_batch_size=0", "rollout.generation_batch_size must be >= 1, got 0"),
+        ("learner.weight_decay=-1", "learner.weight_decay must be >= 0, got -1"),
+        ("cluster.num_threads=0", "cluster.num_threads must be >= 1 or null, got 0"),
+        ("logger.table_every=0", "logger.table_every must be >= 1, got 0"),
     ],
 )
 def test_validate_rejects_with_the_fix(override, message):
@@ -72,6 +77,12 @@ def test_type_errors_fail_at_compose_time():
     with pytest.raises(Exception) as err:
         make("policy.template.format=json")
     assert "expected one of [plain, tagged]" in _full_message(err.value)
+
+
+def test_ray_placement_strategy_is_a_choice():
+    with pytest.raises(Exception) as err:
+        make("cluster=ray", "learner=deepspeed", "cluster.strategy=PACKED")
+    assert "expected one of [PACK, SPREAD, STRICT_PACK, STRICT_SPREAD]" in _full_message(err.value)
 
 
 def test_unknown_key_is_rejected():

@@ -102,7 +102,12 @@ def test_a_lazy_import_counts(tmp_path):
     assert imported_modules(tmp_path / "m.py", "calmrl.m", module_names()) == {"calmrl.trainer"}
 
 
-@pytest.mark.parametrize("module", ["calmrl.errors", "calmrl.config", "calmrl.schemas.judge"])
+SCHEMA_MODULES = ["calmrl.errors", "calmrl.config"] + [
+    f"calmrl.schemas.{p.stem}" for p in sorted((SRC / "calmrl" / "schemas").glob("*.py")) if p.stem != "__init__"
+]
+
+
+@pytest.mark.parametrize("module", SCHEMA_MODULES)
 def test_schemas_import_no_torch(module):
     code = f"import sys, {module}; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0, f"importing {module} imports torch"

@@ -28,6 +28,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -199,7 +200,9 @@ def ray_start_command(
     several networks is not the one the node's name resolves to."""
     ip = node_ip or (head_ip if world.is_head else None) or world.nodes[world.node_rank]
     if world.is_head:
-        cmd = [ray, "start", "--head", f"--port={world.port(0)}"]
+        # a temp dir of the job's own: Ray's default (/tmp/ray) records "the" cluster of the machine, which a later
+        # plain ray.init() on the node would then try to join, long after this job has gone
+        cmd = [ray, "start", "--head", f"--port={world.port(0)}", f"--temp-dir={job_temp_dir(world)}"]
     else:
         cmd = [ray, "start", f"--address={ray_address(world, head_ip)}"]
     # one dashboard agent per node; its default port (52365) is one for all, so two nodes sharing a host collide
@@ -210,6 +213,11 @@ def ray_start_command(
     if world.gpus_on_node is not None:
         cmd.append(f"--num-gpus={world.gpus_on_node}")
     return cmd
+
+
+def job_temp_dir(world: SlurmWorld) -> str:
+    """Ray's session directory root for this job (the joining nodes take the head's)."""
+    return os.path.join(tempfile.gettempdir(), f"ray-calmrl-{world.job_id}")
 
 
 def ray_cli() -> str | None:

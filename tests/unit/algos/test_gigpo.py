@@ -11,8 +11,8 @@ from rapidfuzz import fuzz
 from calmrl.algos import ALGOS
 from calmrl.algos.gigpo import gigpo_advantages, similarity_anchor_ids
 from calmrl.algos.grpo import grpo_advantages
-from calmrl.config import GiGPOConfig
 from calmrl.data import Step, Trajectory, apply_penalty_rule, build_batch
+from calmrl.schemas.algo import GiGPOConfig
 
 R2 = 1 / math.sqrt(2)  # a group of two with eps=0 and norm=std always gives +-1/sqrt(2)
 

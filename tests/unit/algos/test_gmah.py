@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from calmrl.algos.gmah import GMAHNetworks, QMixer, high_level_td_loss, low_level_td_loss, soft_update
-from calmrl.config import GMAHConfig
 from calmrl.envs.multigrid import MultiGrid
 from calmrl.multiagent.gmah import GMAHAgent
 from calmrl.multiagent.replay import TensorReplay
+from calmrl.schemas.algo import GMAHConfig
 
 # ---------------------------------------------------------------- mixer
 

@@ -6,8 +6,8 @@ from omegaconf import OmegaConf
 
 from calmrl.algos import ALGOS
 from calmrl.algos.grpo import grpo_advantages
-from calmrl.config import GRPOConfig
 from calmrl.data import apply_penalty_rule, build_batch
+from calmrl.schemas.algo import GRPOConfig
 
 PAPER = {"episode_stats": "trajectory", "singleton": "zero", "penalty_rule": "folded"}  # the defaults
 VERL_AGENT = {"episode_stats": "step_rows", "singleton": "raw", "penalty_rule": "row"}

@@ -9,9 +9,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from calmrl.config import IPPOConfig
 from calmrl.envs.multigrid import MultiGrid
 from calmrl.multiagent.ippo import IPPOAgent, team_gae
+from calmrl.schemas.algo import IPPOConfig
 
 
 def reference_gae(rewards: list[float], values: list[float], gamma: float, lam: float) -> list[float]:

@@ -130,8 +130,8 @@ def verl_agent_ppo(scores, values, mask, gamma, lam):
 
 @pytest.mark.parametrize("gamma, lam", [(1.0, 1.0), (0.95, 0.9)])
 def test_sequence_step_is_verl_agents_ppo(make_trajectory, gamma, lam):
-    from calmrl.config import PPOConfig
     from calmrl.data import apply_penalty_rule
+    from calmrl.schemas.algo import PPOConfig
 
     g = torch.Generator().manual_seed(4)
     trajs = [

@@ -4,8 +4,8 @@ from omegaconf import OmegaConf
 
 from calmrl.algos import ALGOS
 from calmrl.algos.rloo import rloo_advantages
-from calmrl.config import RLOOConfig
 from calmrl.data import apply_penalty_rule, build_batch
+from calmrl.schemas.algo import RLOOConfig
 
 VERL_AGENT = {"episode_stats": "step_rows", "singleton": "raw", "penalty_rule": "row"}
 

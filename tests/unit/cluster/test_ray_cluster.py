@@ -73,7 +73,7 @@ pytest.importorskip("deepspeed", reason="cluster=ray runs learner=deepspeed (the
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -12,6 +12,7 @@ from calmrl.cluster.slurm import (
     SlurmError,
     dist_env,
     hostnames,
+    job_temp_dir,
     join_allocation,
     parse_nodelist,
     ray_auth_env,
@@ -96,7 +97,7 @@ def test_dist_env_and_ray_commands():
     assert env == {"MASTER_ADDR": "node01", "MASTER_PORT": str(worker.port(1)), "NODE_RANK": "2", "NNODES": "4"}
     port = head.port()
     assert ray_start_command(head, "ray", head_ip="10.0.0.1") == [
-        "ray", "start", "--head", f"--port={port}", "--node-ip-address=10.0.0.1",
+        "ray", "start", "--head", f"--port={port}", f"--temp-dir={job_temp_dir(head)}", "--node-ip-address=10.0.0.1",
         f"--dashboard-agent-listen-port={head.port(2)}", "--block", "--num-cpus=16", "--num-gpus=8",
     ]  # fmt: skip
     assert ray_start_command(worker, "ray", head_ip="10.0.0.1", node_ip="10.0.0.3") == [

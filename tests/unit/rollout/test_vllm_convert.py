@@ -140,7 +140,7 @@ def test_rollout_correction_ranges():
     "override, message",
     [
         ("rollout.gpu_memory_utilization=0", "rollout.gpu_memory_utilization must be in (0, 1]"),
-        ("rollout.sleep_level=3", "rollout.sleep_level must be 1 or 2"),
+        ("rollout.sleep_level=3", "rollout.sleep_level must be in [1, 2]"),
         ("rollout.tensor_parallel_size=0", "rollout.tensor_parallel_size must be >= 1"),
     ],
 )

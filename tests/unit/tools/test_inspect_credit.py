@@ -46,7 +46,7 @@ def _group(group: str, name: str, schema: str | None = None):
 
 def _algo_yaml(name: str):
     """The algo's shipped yaml, read independently of the module under test."""
-    return _group("algo", name)
+    return _group("algo", name, schema=name)
 
 
 def make_cfg(policy_dir, **overrides):
