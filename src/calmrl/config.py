@@ -553,7 +553,7 @@ def _policy_head_dim(policy) -> int | None:
     return int(hidden) // int(heads) if hidden and heads else None
 
 
-def _validate_scaleout(cfg: DictConfig, algo_fn) -> None:
+def _validate_scaleout(cfg: DictConfig, method) -> None:
     """What learner=deepspeed (one rank in-process under cluster=local, Ray actors under cluster=ray) and
     cluster=ray support; cluster=ray needs learner=deepspeed (its learner ranks are DeepSpeed ranks)."""
     learner, cluster = cfg.learner.name, cfg.cluster.name
@@ -565,14 +565,14 @@ def _validate_scaleout(cfg: DictConfig, algo_fn) -> None:
         "(a local Ray cluster starts by itself)",
     )
     if learner == "deepspeed":
-        _validate_deepspeed_learner(cfg, algo_fn)
+        _validate_deepspeed_learner(cfg, method)
     if cluster != "ray":
         return
     unsupported = [
         reason
         for reason, hit in (
-            ("state across iterations", getattr(algo_fn, "state", None) is not None),
-            ("its own rollout", getattr(algo_fn, "rollout", None) is not None),
+            ("state across iterations", method.state is not None),
+            ("its own rollout", method.rollout is not None),
         )
         if hit
     ]  # (a critic and preference data: refused for learner=deepspeed above)
@@ -584,14 +584,14 @@ def _validate_scaleout(cfg: DictConfig, algo_fn) -> None:
     require(cfg.shaper.name == "none", f"cluster=ray supports shaper=none only so far (got shaper={cfg.shaper.name})")
 
 
-def _validate_deepspeed_learner(cfg: DictConfig, algo_fn) -> None:
+def _validate_deepspeed_learner(cfg: DictConfig, method) -> None:
     """learner=deepspeed trains the policy loss only (no critic; the preference loop has its own learner), and as
     one rank (cluster=local) it has no other rank to shard the weights across."""
     unsupported = [
         reason
         for reason, hit in (
-            ("a critic", "values" in algo_fn.requires),
-            ("offline preference data", getattr(algo_fn, "preference", False)),
+            ("a critic", method.needs_critic),
+            ("offline preference data", method.offline),
         )
         if hit
     ]
@@ -677,7 +677,7 @@ def _validate_preference(cfg: DictConfig) -> None:
     from calmrl.algos import ALGOS
 
     algo, data = cfg.algo, cfg.get("data")
-    if getattr(ALGOS.get(algo.name), "preference", False):
+    if ALGOS.get(algo.name).offline:
         require(
             data is not None,
             f"algo={algo.name} trains offline on preference pairs, not on env={cfg.env.name}: set data=<path> "

@@ -26,7 +26,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path):
         return MultiAgentTrainer(cfg, run_dir)
     from calmrl.algos import ALGOS
 
-    if getattr(ALGOS.get(cfg.algo.name), "preference", False):
+    if ALGOS.get(cfg.algo.name).offline:
         from calmrl.preference import PreferenceTrainer
 
         return PreferenceTrainer(cfg, run_dir)

@@ -48,14 +48,13 @@ class Trainer:
         base_path = self._policy_path()
         load_path = self.resume_from.policy_dir if self.resume_from else base_path
         self.model, self.tokenizer = load_policy(load_path, cfg.policy.dtype, cfg.policy.trust_remote_code, self.device)
-        self.advantage_fn = ALGOS.get(cfg.algo.name)
-        needs = self.advantage_fn.requires
+        self.method = ALGOS.get(cfg.algo.name)
         ref_model = None
-        if cfg.algo.kl_coef > 0 or "ref_logprobs" in needs:
+        if cfg.algo.kl_coef > 0 or self.method.needs_ref:
             ref_model, _ = load_policy(base_path, cfg.policy.dtype, cfg.policy.trust_remote_code, self.device)
             ref_model.eval().requires_grad_(False)
         critic = None
-        if "values" in needs:
+        if self.method.needs_critic:
             critic_path = Path(cfg.algo.critic_path).expanduser() if cfg.algo.get("critic_path") else base_path
             critic = ValueModel.from_pretrained(critic_path, DTYPES[str(cfg.policy.dtype)]).to(self.device)
             if self.resume_from is not None:
@@ -67,8 +66,8 @@ class Trainer:
                 critic.load_state_dict(state)
         # algos with state across iterations (ArCHer's utterance critic, MA-PPO's parse table): see AlgoState
         self.algo_state = None
-        if getattr(self.advantage_fn, "state", None) is not None:
-            self.algo_state = self.advantage_fn.state(
+        if self.method.state is not None:
+            self.algo_state = self.method.state(
                 cfg.algo,
                 tokenizer=self.tokenizer,
                 policy_path=base_path,
@@ -166,7 +165,7 @@ class Trainer:
         cfg = self.cfg
         seeds = train_seeds(cfg.seed, it, cfg.rollout.num_groups, cfg.env.eval_seed_offset)
         g = cfg.rollout.group_size
-        custom = getattr(self.advantage_fn, "rollout", None)
+        custom = self.method.rollout
         if custom is not None:  # a method that samples its own way (algo=brpo: thinking cut at budgets + summaries)
             return custom(
                 self.train_envs,
@@ -217,18 +216,18 @@ class Trainer:
         batch = self.shaper(build_batch(used, self.tokenizer.pad_token_id), used)
         # a shaper may count its own work (judge requests, cache hits, failures) as `metrics()`
         shaping = {**_shaping_metrics(batch), **getattr(self.shaper, "metrics", dict)()}
-        batch = fold_shaping(batch, keep_token_rewards=self.advantage_fn.reads_token_rewards)
+        batch = fold_shaping(batch, keep_token_rewards=self.method.reads_token_rewards)
         batch = apply_penalty_rule(batch, penalty_rule(cfg.algo))
-        if "ref_logprobs" in self.advantage_fn.requires:
+        if self.method.needs_ref:
             batch.ref_logprobs = self.learner.reference_logprobs(batch)
-        if "values" in self.advantage_fn.requires:
+        if self.method.needs_critic:
             batch.values = self.learner.critic_values(batch)
         algo_kwargs, algo_metrics = {}, {}
         if self.algo_state is not None:
             sample = lambda prompts: [g.text for g in self.sample(prompts)]  # noqa: E731
             algo_metrics = self.algo_state.observe(used, batch, it, sample=sample)
             algo_kwargs["state"] = self.algo_state
-        batch.advantages = self.advantage_fn(batch, cfg.algo, **algo_kwargs)
+        batch.advantages = self.method(batch, cfg.algo, **algo_kwargs)
         # the engine's sampling log-probs against the learner's own: logged, and corrected if rollout.correction says
         # (one no-grad pass over the batch: every rollout.mismatch_every iterations, or each one a correction needs it)
         train_batch, mismatch, corrected = batch, {}, {}

@@ -19,7 +19,7 @@ OPTIONS = sorted(p.stem for p in (ROOT / "conf" / "algo").glob("*.yaml"))
 
 def test_every_registered_algo_is_an_option():
     # calmrl's own: a test may register one of its own in this process (tests/reliability/test_nan_loss.py)
-    shipped = {name for name in ALGOS.names() if ALGOS.get(name).__module__.startswith("calmrl.")}
+    shipped = {name for name in ALGOS.names() if ALGOS.get(name).advantages.__module__.startswith("calmrl.")}
     assert sorted({*shipped, *MULTIAGENT_ALGOS}) == OPTIONS
 
 
@@ -32,7 +32,7 @@ def test_option_is_complete(name):
     if name in MULTIAGENT_ALGOS:  # its agent class: calmrl/multiagent/<name>.py
         module = importlib.import_module(f"calmrl.multiagent.{name}")
     else:
-        module = importlib.import_module(ALGOS.get(name).__module__)
+        module = importlib.import_module(ALGOS.get(name).advantages.__module__)
     assert Path(module.__file__).is_file()
     assert (ROOT / "tests" / "unit" / "algos" / f"test_{name}.py").is_file(), f"no tests/unit/algos/test_{name}.py"
     doc = ROOT / "docs" / "algos" / f"{name}.md"

@@ -136,7 +136,14 @@ def brpo_layout(batch, num_budgets: int, num_summaries: int):
     return traj_ids, scores, uid, think_len
 
 
-@register("brpo")
+def _budgeted_rollout(*args, **kwargs):
+    """algo=brpo samples its own way; the trainer calls it instead of the episode loop."""
+    from calmrl.rollout.budgeted import run_budgeted_episodes  # imported on use: the registry stays light
+
+    return run_budgeted_episodes(*args, **kwargs)
+
+
+@register("brpo", rollout=_budgeted_rollout)
 def brpo(batch, cfg) -> torch.Tensor:
     """advantages [N, L]: A[g, s] on the thinking tokens of segment s, A_sum[g, j, a] on each summary's tokens."""
     s_count, a_count = int(cfg.num_budgets), int(cfg.num_summaries)
@@ -162,13 +169,3 @@ def brpo(batch, cfg) -> torch.Tensor:
     summary_adv = out["summary"][traj_ids, j, (step - 1).clamp(min=0) % a_count]  # [N]
     adv = torch.where((step == 0).unsqueeze(1), think_adv, summary_adv.unsqueeze(1).expand_as(think_adv))
     return adv * mask
-
-
-def _budgeted_rollout(*args, **kwargs):
-    """algo=brpo samples its own way; the trainer calls `brpo.rollout` instead of the episode loop."""
-    from calmrl.rollout.budgeted import run_budgeted_episodes  # imported on use: the registry stays light
-
-    return run_budgeted_episodes(*args, **kwargs)
-
-
-brpo.rollout = _budgeted_rollout

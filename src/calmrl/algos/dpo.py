@@ -137,12 +137,9 @@ def _offline_algo(name: str, pair_loss, needs_token_rewards: bool):
         )
 
     advantages.__name__ = advantages.__qualname__ = name
-    register(name)(advantages)
-    # read by the Trainer, which hands preference algos to `calmrl.preference.PreferenceTrainer`
-    advantages.preference = True
-    advantages.pair_loss = pair_loss
-    advantages.needs_token_rewards = needs_token_rewards  # T-REG token rewards are precomputed with the ref
-    return advantages
+    # a pair loss makes the method offline: calmrl.loops hands it to `calmrl.preference.PreferenceTrainer`;
+    # T-REG's token rewards are precomputed with the reference (needs_token_rewards)
+    return register(name, pair_loss=pair_loss, needs_token_rewards=needs_token_rewards)(advantages)
 
 
 dpo = _offline_algo("dpo", dpo_pair_loss, needs_token_rewards=False)

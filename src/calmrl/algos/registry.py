@@ -1,7 +1,8 @@
 """The algorithm registry, kept apart from `__init__` so method files can import it without cycles."""
 
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
@@ -10,7 +11,7 @@ from calmrl.registry import Registry
 #: (batch, algo_cfg) -> advantages [N, L] (zero outside the response mask)
 AdvantageFn = Callable[..., torch.Tensor]
 
-ALGOS: Registry[AdvantageFn] = Registry("algo")
+ALGOS: Registry["Method"] = Registry("algo")
 
 #: batch fields an advantage function may ask the trainer to fill before calling it
 REQUIREMENTS = frozenset({"ref_logprobs", "values"})
@@ -31,8 +32,55 @@ class AlgoState(Protocol):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
 
 
-def register(name: str, requires: tuple[str, ...] = (), reads_token_rewards: bool = False, state=None):
-    """Register `fn` as `algo=<name>`; `requires` names extra batch fields it reads (see REQUIREMENTS).
+@dataclass(frozen=True)
+class Method:
+    """What a credit-assignment method is, as the loops see it: they branch on these fields, never on `name`.
+
+    Calling it computes the advantages: `method(batch, algo_cfg, **kwargs) -> advantages [N, L]`."""
+
+    name: str
+    advantages: AdvantageFn
+    #: batch fields the trainer fills before the call: ref_logprobs (a frozen reference), values (a critic)
+    requires: frozenset[str] = frozenset()
+    #: places a shaper's dense token rewards itself (token-level returns); otherwise they are folded into the step
+    reads_token_rewards: bool = False
+    #: an AlgoState class kept across iterations (checkpointed as `algo_state`); None: stateless
+    state: type | None = None
+    #: its own episode program, called as the rollout (algo=brpo); None: the multi-turn episode loop
+    rollout: Callable[..., Any] | None = None
+    #: offline on preference pairs (data=...): the per-pair loss; None: it trains on rollouts
+    pair_loss: Callable[..., Any] | None = None
+    #: offline: the pair loss reads token rewards precomputed with the reference (T-REG)
+    needs_token_rewards: bool = False
+
+    def __call__(self, batch, cfg, **kwargs) -> torch.Tensor:
+        return self.advantages(batch, cfg, **kwargs)
+
+    @property
+    def needs_ref(self) -> bool:
+        return "ref_logprobs" in self.requires
+
+    @property
+    def needs_critic(self) -> bool:
+        return "values" in self.requires
+
+    @property
+    def offline(self) -> bool:
+        return self.pair_loss is not None
+
+
+def register(
+    name: str,
+    requires: tuple[str, ...] = (),
+    reads_token_rewards: bool = False,
+    state=None,
+    rollout=None,
+    pair_loss=None,
+    needs_token_rewards: bool = False,
+):
+    """Register `fn` as `algo=<name>`: a `Method` record of `fn` and what the method needs (see `Method`);
+    `requires` names extra batch fields it reads (see REQUIREMENTS). `fn` itself is returned unchanged, so the
+    module's function stays plain public API.
 
     `reads_token_rewards`: the method places a shaper's dense `batch.token_rewards` on their tokens itself
     (token-level returns, as PPO/GAE do). For the others the trainer folds each row's token rewards into that
@@ -46,9 +94,10 @@ def register(name: str, requires: tuple[str, ...] = (), reads_token_rewards: boo
         raise ValueError(f"unknown requirements {sorted(unknown)}; known: {sorted(REQUIREMENTS)}")
 
     def add(fn: AdvantageFn) -> AdvantageFn:
-        fn.requires = frozenset(requires)
-        fn.reads_token_rewards = reads_token_rewards
-        fn.state = state
-        return ALGOS.register(name)(fn)
+        method = Method(
+            name, fn, frozenset(requires), reads_token_rewards, state, rollout, pair_loss, needs_token_rewards
+        )
+        ALGOS.register(name)(method)
+        return fn
 
     return add

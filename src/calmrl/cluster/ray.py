@@ -123,7 +123,7 @@ class RayCluster:
         }
         self.actor_cfg["device"] = str(cfg.device)
         self.actor_cfg["seed"] = int(cfg.seed)
-        self.actor_cfg["needs_ref"] = "ref_logprobs" in ALGOS.get(cfg.algo.name).requires
+        self.actor_cfg["needs_ref"] = ALGOS.get(cfg.algo.name).needs_ref
         threads = self.c.num_threads
         env_vars = {"DS_ACCELERATOR": "cpu"} if not self.c.learner_gpus else {}
         if threads:

@@ -62,7 +62,7 @@ def plan_estimators(names: Sequence[str]) -> tuple[list[str], dict[str, str], di
             skipped[name] = f"{name} {CRITIC_SKIP}"
         elif needs - {"ref_logprobs"}:
             skipped[name] = f"{name} skipped: it needs batch fields {sorted(needs)} that inspect cannot fill"
-        elif getattr(ALGOS.get(name), "state", None) is not None:
+        elif ALGOS.get(name).state is not None:
             skipped[name] = f"{name} skipped: its credit comes from a critic trained across iterations"
         else:
             run.append(name)

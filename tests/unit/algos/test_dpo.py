@@ -58,6 +58,6 @@ def test_implicit_q_rewards_sum_to_the_sequence_reward_and_respect_the_mask():
 def test_registered_as_offline_preference_algos():
     for name, needs in (("dpo", False), ("dpo_treg", True)):
         fn = ALGOS.get(name)
-        assert fn.preference and fn.needs_token_rewards is needs
+        assert fn.offline and fn.needs_token_rewards is needs
         with pytest.raises(ValueError, match="offline on preference pairs"):
             fn(None, None)
