@@ -313,8 +313,8 @@ def main(argv: list[str] | None = None) -> None:
 
 class _SacctOnce(logging.Filter):
     """Without SLURM accounting (no slurmdbd) every poll of submitit's job watcher fails its `sacct` call and warns
-    "Bypassing sacct error": keep the first one, with what it means, and drop the repeats. submitit still reads
-    the job states from squeue, and a job that failed still fails the sweep."""
+    "Bypassing sacct error": keep the first one, with what it means, and drop the repeats. submitit then sees a
+    job end only by the result file it writes (docs/scaling.md: a job killed before writing one is never seen)."""
 
     seen = False
 

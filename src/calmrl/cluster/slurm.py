@@ -228,9 +228,6 @@ def ray_cli() -> str | None:
 
 
 # ---------------------------------------------------------------- Ray's token authentication
-AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
-
-
 def ray_auth_env(env: Mapping[str, str], token_path: Path) -> dict[str, str]:
     """The same authentication settings for every node of the job.
 
@@ -360,11 +357,7 @@ def _serve_until_head_stops(worker: subprocess.Popen, head_ip: str, port: int, p
     only after its GCS reconnect timeout (a minute), holding the job that long after training ended."""
     misses = 0
     while worker.poll() is None and misses < 3:
-        try:
-            with socket.create_connection((head_ip, port), timeout=5):
-                misses = 0
-        except OSError:
-            misses += 1
+        misses = 0 if _port_open(head_ip, port) else misses + 1
         time.sleep(poll_s)
     _stop(worker)
 
@@ -382,13 +375,18 @@ def _stop(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
 def _wait_for_port(host: str, port: int, timeout_s: float, alive: subprocess.Popen | None = None) -> None:
     """Until `host:port` accepts connections; SlurmError after `timeout_s`, or as soon as `alive` has exited."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=5):
-                return
-        except OSError:
-            if alive is not None and alive.poll() is not None:
-                raise SlurmError(f"`ray start --head` exited with {alive.returncode} (its output is above)") from None
-            if time.monotonic() >= deadline:
-                raise SlurmError(f"the Ray head {host}:{port} did not come up within {timeout_s:.0f} s") from None
-            time.sleep(2)
+    while not _port_open(host, port):
+        if alive is not None and alive.poll() is not None:
+            raise SlurmError(f"`ray start --head` exited with {alive.returncode} (its output is above)")
+        if time.monotonic() >= deadline:
+            raise SlurmError(f"the Ray head {host}:{port} did not come up within {timeout_s:.0f} s")
+        time.sleep(2)
+
+
+def _port_open(host: str, port: int) -> bool:
+    """Whether `host:port` accepts a TCP connection (within 5 s)."""
+    try:
+        with socket.create_connection((host, port), timeout=5):
+            return True
+    except OSError:
+        return False

@@ -109,7 +109,7 @@ def credit_table(
         fn = ALGOS.get(name)
         cfg = algo_config(name, overrides.get(name))
         view = apply_penalty_rule(replace(batch), penalty_rule(cfg))
-        if "ref_logprobs" in fn.requires:
+        if fn.needs_ref:
             view.ref_logprobs = batch.old_logprobs.clone()
         out[name] = fn(view, cfg).detach().float().cpu()
     return out
