@@ -554,8 +554,8 @@ def _policy_head_dim(policy) -> int | None:
 
 
 def _validate_scaleout(cfg: DictConfig, method) -> None:
-    """What learner=deepspeed (one rank in-process under cluster=local, Ray actors under cluster=ray) and
-    cluster=ray support; cluster=ray needs learner=deepspeed (its learner ranks are DeepSpeed ranks)."""
+    """What learner=deepspeed (one rank in-process under cluster=local, Ray actors under cluster=ray) supports;
+    cluster=ray needs learner=deepspeed (its learner ranks are DeepSpeed ranks) and takes whatever that takes."""
     learner, cluster = cfg.learner.name, cfg.cluster.name
     require(learner in ("torch", "deepspeed"), f"unknown learner={learner}; use learner=torch or learner=deepspeed")
     require(cluster in ("local", "ray"), f"unknown cluster={cluster}; use cluster=local or cluster=ray")
@@ -566,22 +566,6 @@ def _validate_scaleout(cfg: DictConfig, method) -> None:
     )
     if learner == "deepspeed":
         _validate_deepspeed_learner(cfg, method)
-    if cluster != "ray":
-        return
-    unsupported = [
-        reason
-        for reason, hit in (
-            ("state across iterations", method.state is not None),
-            ("its own rollout", method.rollout is not None),
-        )
-        if hit
-    ]  # (a critic and preference data: refused for learner=deepspeed above)
-    require(
-        not unsupported,
-        f"algo={cfg.algo.name} needs {' and '.join(unsupported)}, which cluster=ray does not support yet; "
-        "use cluster=local (learner=torch or learner=deepspeed)",
-    )
-    require(cfg.shaper.name == "none", f"cluster=ray supports shaper=none only so far (got shaper={cfg.shaper.name})")
 
 
 def _validate_deepspeed_learner(cfg: DictConfig, method) -> None:

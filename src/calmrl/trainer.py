@@ -32,7 +32,7 @@ from calmrl.learners.torch import TorchLearner
 from calmrl.logging import MetricsLogger
 from calmrl.policy import PromptTemplate, build_tiny_policy, load_policy
 from calmrl.policy.loading import DTYPES
-from calmrl.rollout import HFGenerator, run_episodes
+from calmrl.rollout import HFGenerator, play_episodes
 from calmrl.rollout.mismatch import correct, mismatch_metrics
 from calmrl.runs import start_run, train_seeds
 from calmrl.shapers import ShaperContext, build_shaper
@@ -165,26 +165,16 @@ class Trainer:
         cfg = self.cfg
         seeds = train_seeds(cfg.seed, it, cfg.rollout.num_groups, cfg.env.eval_seed_offset)
         g = cfg.rollout.group_size
-        custom = self.method.rollout
-        if custom is not None:  # a method that samples its own way (algo=brpo: thinking cut at budgets + summaries)
-            return custom(
-                self.train_envs,
-                seeds=[s for s in seeds for _ in range(g)],
-                uids=[u for u in range(len(seeds)) for _ in range(g)],
-                template=self.template,
-                generate=self.sample,
-                algo_cfg=cfg.algo,
-                tokenizer=self.tokenizer,
-                timings=timings,
-            )
-        return run_episodes(
+        return play_episodes(
+            self.method.rollout,
             self.train_envs,
             seeds=[s for s in seeds for _ in range(g)],
             uids=[u for u in range(len(seeds)) for _ in range(g)],
             template=self.template,
             generate=self.sample,
-            invalid_penalty=cfg.env.invalid_penalty,
-            max_steps=cfg.env.max_steps,
+            algo_cfg=cfg.algo,
+            env_cfg=cfg.env,
+            tokenizer=self.tokenizer,
             timings=timings,
         )
 

@@ -102,7 +102,7 @@ class RolloutWorker:
         from calmrl.runs import pick_device
 
         self.index = index
-        self.cfg = {k: OmegaConf.create(cfg[k]) for k in ("env", "policy", "rollout")}
+        self.cfg = {k: OmegaConf.create(cfg[k]) for k in ("algo", "env", "policy", "rollout")}
         from calmrl.config import hosts_vllm_cpu_engine
 
         if not hosts_vllm_cpu_engine(self.cfg["rollout"]):  # vLLM's CPU build keeps torch's threads (runs.py)
@@ -151,27 +151,35 @@ class RolloutWorker:
         return time.perf_counter() - t0
 
     def rollout(self, seeds: list[int], uids: list[int], rng_state: torch.Tensor | None, seed: int | None):
-        """Play one episode per seed. The torch RNG (sampling) starts from `rng_state` (the driver's, so one
+        """Play one episode per seed, with the method's episode program. The torch RNG (sampling) starts from `rng_state` (the driver's, so one
         worker draws exactly what the local trainer would) or from `seed`; its end state is returned."""
-        from calmrl.rollout import run_episodes
+        from calmrl.algos import ALGOS
+        from calmrl.rollout import play_episodes
 
         if rng_state is not None:
             torch.set_rng_state(rng_state)
         else:
             torch.manual_seed(int(seed))
         timings = {"generate": 0.0, "env": 0.0}
-        env = self.cfg["env"]
-        trajs = run_episodes(
+        trajs = play_episodes(
+            ALGOS.get(self.cfg["algo"].name).rollout,
             self.envs,
             seeds=seeds,
             uids=uids,
             template=self.template,
             generate=self.generate,
-            invalid_penalty=env.invalid_penalty,
-            max_steps=env.max_steps,
+            algo_cfg=self.cfg["algo"],
+            env_cfg=self.cfg["env"],
+            tokenizer=self.tokenizer,
             timings=timings,
         )
         return trajs, timings, torch.get_rng_state()
+
+    def sample(self, prompts: list[str], rng_state: torch.Tensor):
+        """Sampled responses to `prompts` from this worker's policy copy (an algo's state may ask for them between
+        rollouts, e.g. ArCHer's critic targets), drawing from `rng_state`; returns (generations, end RNG state)."""
+        torch.set_rng_state(rng_state)
+        return self.generate(prompts), torch.get_rng_state()
 
     @torch.no_grad()
     def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

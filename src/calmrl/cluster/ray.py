@@ -197,6 +197,20 @@ class RayCluster:
         torch.set_rng_state(results[0][2])
         return trajs
 
+    def sample(self, prompts: list[str]) -> list:
+        """Sampled generations for `prompts` from rollout worker 0, on the driver's RNG stream (handed over and
+        back, as in `rollout`), so they are the draws the trainer's own generator would make under cluster=local."""
+        import ray
+
+        while True:
+            try:
+                generations, rng = ray.get(self.workers[0].sample.remote(prompts, torch.get_rng_state()))
+                break
+            except ray.exceptions.RayActorError as e:
+                self._restart_dead_workers(e)
+        torch.set_rng_state(rng)
+        return generations
+
     def _restart_dead_workers(self, error: Exception) -> None:
         import ray
 

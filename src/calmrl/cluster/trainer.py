@@ -1,7 +1,8 @@
 """`RayTrainer`: the trainer's loop, unchanged, with rollouts and updates sent to a `RayCluster`.
 
-The driver keeps what cluster=local keeps (tokenizer, template, shaper, the algo, the evaluation envs and one
-copy of the policy); that copy receives every weight sync, so evaluation and the checkpoint's `policy/`
+The driver keeps what cluster=local keeps (tokenizer, template, shaper, the algo and its state across iterations,
+the evaluation envs and one copy of the policy); the workers play the episodes with the method's episode program
+and answer the algo state's sampling between rollouts. The driver's copy receives every weight sync, so evaluation and the checkpoint's `policy/`
 (safetensors, the full gathered weights) are exactly the learners'. The checkpoint also carries DeepSpeed's own
 sharded state under `deepspeed/`, moved in before the manifest is written, so `resume=auto` restores the
 optimizer partitions as atomically as everything else (same `num_learners` and `zero_stage` required).
@@ -66,6 +67,8 @@ class RayTrainer(Trainer):
         self.cluster = RayCluster(cfg, self.run_dir, policy_path, self._policy_path(), state_dir)
         self.setup_s = time.perf_counter() - t0
         self.learner = RayLearner(self.cluster, cfg.algo, self.model)
+        # sampling between rollouts (an algo state's `sample`, ArCHer's V targets) goes to the rollout role too
+        self.sample = self.cluster.sample
         self.checkpoints = LearnerStateCheckpoints(
             self.checkpoints.directory, cfg.trainer.keep_last, self.cluster.save_state
         )
@@ -74,6 +77,7 @@ class RayTrainer(Trainer):
         return None  # the learner ranks are Ray actors, started in __init__ once the driver's policy is loaded
 
     def rollout(self, it: int, timings: dict[str, float]):
+        """The workers play the episodes, each with the method's episode program (RolloutWorker.rollout)."""
         cfg = self.cfg
         seeds = train_seeds(cfg.seed, it, cfg.rollout.num_groups, cfg.env.eval_seed_offset)
         g = cfg.rollout.group_size

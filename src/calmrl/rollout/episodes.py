@@ -131,3 +131,42 @@ def run_episodes(
                 still_active.append(i)
         active = still_active
     return trajs
+
+
+def play_episodes(
+    program: Callable[..., list[Trajectory]] | None,
+    envs: Sequence[TextEnv] | EnvPool,
+    seeds: Sequence[int],
+    uids: Sequence[int],
+    template: PromptTemplate,
+    generate: GenerateFn,
+    *,
+    algo_cfg,
+    env_cfg,
+    tokenizer,
+    timings: dict[str, float] | None = None,
+) -> list[Trajectory]:
+    """A training iteration's episodes, wherever the rollout role runs (the trainer's process or a Ray worker):
+    the method's own episode program (`Method.rollout`, e.g. algo=brpo's budgeted thinking) when it has one, else
+    the multi-turn loop above."""
+    if program is not None:
+        return program(
+            envs,
+            seeds=seeds,
+            uids=uids,
+            template=template,
+            generate=generate,
+            algo_cfg=algo_cfg,
+            tokenizer=tokenizer,
+            timings=timings,
+        )
+    return run_episodes(
+        envs,
+        seeds=seeds,
+        uids=uids,
+        template=template,
+        generate=generate,
+        invalid_penalty=env_cfg.invalid_penalty,
+        max_steps=env_cfg.max_steps,
+        timings=timings,
+    )
