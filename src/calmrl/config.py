@@ -569,19 +569,11 @@ def _validate_scaleout(cfg: DictConfig, method) -> None:
 
 
 def _validate_deepspeed_learner(cfg: DictConfig, method) -> None:
-    """learner=deepspeed trains the policy loss only (no critic; the preference loop has its own learner), and as
-    one rank (cluster=local) it has no other rank to shard the weights across."""
-    unsupported = [
-        reason
-        for reason, hit in (
-            ("a critic", method.needs_critic),
-            ("offline preference data", method.offline),
-        )
-        if hit
-    ]
+    """learner=deepspeed trains on rollouts (the preference loop has its own learner), and as one rank
+    (cluster=local) it has no other rank to shard the weights across."""
     require(
-        not unsupported,
-        f"algo={cfg.algo.name} needs {' and '.join(unsupported)}, which learner=deepspeed does not support yet; "
+        not method.offline,
+        f"algo={cfg.algo.name} trains on offline preference data, which learner=deepspeed does not support yet; "
         "use learner=torch",
     )
     z = cfg.learner.zero_stage

@@ -49,21 +49,6 @@ class Trainer:
         load_path = self.resume_from.policy_dir if self.resume_from else base_path
         self.model, self.tokenizer = load_policy(load_path, cfg.policy.dtype, cfg.policy.trust_remote_code, self.device)
         self.method = ALGOS.get(cfg.algo.name)
-        ref_model = None
-        if cfg.algo.kl_coef > 0 or self.method.needs_ref:
-            ref_model, _ = load_policy(base_path, cfg.policy.dtype, cfg.policy.trust_remote_code, self.device)
-            ref_model.eval().requires_grad_(False)
-        critic = None
-        if self.method.needs_critic:
-            critic_path = Path(cfg.algo.critic_path).expanduser() if cfg.algo.get("critic_path") else base_path
-            critic = ValueModel.from_pretrained(critic_path, DTYPES[str(cfg.policy.dtype)]).to(self.device)
-            if self.resume_from is not None:
-                state = self.resume_from.extra_state_dict("critic")
-                if state is None:
-                    raise ConfigError(
-                        f"{self.resume_from.path} holds no critic; it was not written by algo={cfg.algo.name}"
-                    )
-                critic.load_state_dict(state)
         # algos with state across iterations (ArCHer's utterance critic, MA-PPO's parse table): see AlgoState
         self.algo_state = None
         if self.method.state is not None:
@@ -93,7 +78,7 @@ class Trainer:
                 env_cfg=cfg.env,
             ),
         )
-        self.learner = self.build_learner(ref_model, critic)
+        self.learner = self.build_learner(base_path)
         # rollout=vllm: one vLLM engine behind both generators, its weights synced after every update;
         # rollout=hf generates with the learner's own module, so it never needs a sync.
         self.engine = None
@@ -131,10 +116,11 @@ class Trainer:
             self.state = dict(self.resume_from.trainer_state)
 
     # ---------------------------------------------------------------- setup helpers
-    def build_learner(self, ref_model, critic):
-        """The learner in this process: TorchLearner (learner=torch), or DeepSpeed as one rank
-        (learner=deepspeed; it wraps self.model, restores a checkpoint's `deepspeed/` state, and its checkpoints
-        carry that state too). RayTrainer overrides this: its learner ranks are Ray actors."""
+    def build_learner(self, base_path: Path):
+        """The policy role in this process, with the reference (a KL term, or a method that reads ref_logprobs) and
+        critic roles it hosts: TorchLearner (learner=torch), or DeepSpeed as one rank (learner=deepspeed; it wraps
+        self.model, restores a checkpoint's `deepspeed/` state, and its checkpoints carry that state too).
+        RayTrainer overrides this: its learner ranks are Ray actors, which load their own."""
         cfg = self.cfg
         state_dir = self.resume_from.path / LearnerStateCheckpoints.STATE_DIR if self.resume_from else None
         # a checkpoint's optimizer state is in one learner's format: resuming with the other would restart it
@@ -144,15 +130,36 @@ class Trainer:
                 f"{self.resume_from.path} was written by {written_by}: resume it with {written_by}, or pass "
                 "run_name=<new> for a fresh run (nothing was overwritten)"
             )
+        ref_model = None
+        if cfg.algo.kl_coef > 0 or self.method.needs_ref:
+            ref_model, _ = load_policy(base_path, cfg.policy.dtype, cfg.policy.trust_remote_code, self.device)
+            ref_model.eval().requires_grad_(False)
+        critic = self._build_critic(base_path) if self.method.needs_critic else None
         if cfg.learner.name != "deepspeed":
             return TorchLearner(self.model, cfg.algo, cfg.learner, ref_model=ref_model, critic=critic)
         from calmrl.learners.deepspeed import single_rank_learner
 
-        learner = single_rank_learner(self.model, cfg.algo, cfg.learner, ref_model=ref_model, state_dir=state_dir)
+        learner = single_rank_learner(
+            self.model, cfg.algo, cfg.learner, ref_model=ref_model, critic=critic, state_dir=state_dir
+        )
         self.checkpoints = LearnerStateCheckpoints(
             self.checkpoints.directory, cfg.trainer.keep_last, learner.save_state
         )
         return learner
+
+    def _build_critic(self, base_path: Path) -> ValueModel:
+        """The value model (algo.critic_path, default the policy's own trunk), with a resumed run's weights."""
+        cfg = self.cfg
+        critic_path = Path(cfg.algo.critic_path).expanduser() if cfg.algo.get("critic_path") else base_path
+        critic = ValueModel.from_pretrained(critic_path, DTYPES[str(cfg.policy.dtype)]).to(self.device)
+        if self.resume_from is not None:
+            state = self.resume_from.extra_state_dict("critic")
+            if state is None:
+                raise ConfigError(
+                    f"{self.resume_from.path} holds no critic; it was not written by algo={cfg.algo.name}"
+                )
+            critic.load_state_dict(state)
+        return critic
 
     def _policy_path(self) -> Path:
         if self.cfg.policy.path:
@@ -302,7 +309,7 @@ class Trainer:
                     t_ckpt = time.perf_counter()
                     if last_eval is not None:
                         self.state["last_eval"] = vars(last_eval)
-                    critic = self.learner.critic
+                    critic = self.learner.critic_state_dict()
                     self.checkpoints.save(
                         it,
                         self.model,
@@ -310,7 +317,7 @@ class Trainer:
                         self.learner.optimizer_state(),
                         trainer_state=self.state,
                         extra={
-                            **({"critic": critic.state_dict()} if critic is not None else {}),
+                            **({"critic": critic} if critic is not None else {}),
                             **({"algo_state": self.algo_state.state_dict()} if self.algo_state is not None else {}),
                         },
                     )

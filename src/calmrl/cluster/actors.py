@@ -41,8 +41,9 @@ class LearnerActor:
             return ray.util.get_node_ip_address(), s.getsockname()[1]
 
     def setup(self, master: tuple[str, int], cfg: dict, policy_path: str, base_path: str, state_dir: str | None):
-        """Join the process group, load the policy (and the reference for a KL term), wrap it in DeepSpeed, and
-        restore DeepSpeed's own state from a checkpoint's `deepspeed/` when resuming."""
+        """Join the process group, load the policy (the reference for a KL term or a method that reads it, the
+        critic for a critic method), wrap what trains in DeepSpeed, and restore DeepSpeed's own state from a
+        checkpoint's `deepspeed/` when resuming (the critic's included)."""
         from calmrl.learners.deepspeed import DeepSpeedLearner, init_distributed
         from calmrl.policy import load_policy
 
@@ -55,7 +56,12 @@ class LearnerActor:
         if algo.kl_coef > 0 or cfg["needs_ref"]:
             ref, _ = load_policy(base_path, policy.dtype, policy.trust_remote_code)
             ref.eval().requires_grad_(False)
-        self.learner = DeepSpeedLearner(model, algo, learner, ref_model=ref)
+        critic = None
+        if cfg["needs_critic"]:
+            from calmrl.learners.critic import ValueModel
+
+            critic = ValueModel.from_pretrained(Path(algo.get("critic_path") or base_path).expanduser())
+        self.learner = DeepSpeedLearner(model, algo, learner, ref_model=ref, critic=critic)
         if state_dir is not None:
             self.learner.load_state(state_dir)
         return self.rank
@@ -68,6 +74,12 @@ class LearnerActor:
 
     def current_logprobs(self, batch) -> torch.Tensor:
         return self.learner.current_logprobs(batch)
+
+    def critic_values(self, batch) -> torch.Tensor:
+        return self.learner.critic_values(batch)
+
+    def critic_state_dict(self):
+        return self.learner.critic_state_dict()
 
     def export(self, disk_path: str | None = None):
         """Rank 0: the full weights, packed for the object store (or written to `disk_path`, returning the path);

@@ -123,7 +123,8 @@ class RayCluster:
         }
         self.actor_cfg["device"] = str(cfg.device)
         self.actor_cfg["seed"] = int(cfg.seed)
-        self.actor_cfg["needs_ref"] = ALGOS.get(cfg.algo.name).needs_ref
+        method = ALGOS.get(cfg.algo.name)
+        self.actor_cfg["needs_ref"], self.actor_cfg["needs_critic"] = method.needs_ref, method.needs_critic
         threads = self.c.num_threads
         env_vars = {"DS_ACCELERATOR": "cpu"} if not self.c.learner_gpus else {}
         if threads:
@@ -247,6 +248,17 @@ class RayCluster:
         import ray
 
         return ray.get([a.current_logprobs.remote(batch) for a in self.learners])[0]  # collective under ZeRO-3
+
+    def critic_values(self, batch) -> torch.Tensor:
+        import ray
+
+        return ray.get([a.critic_values.remote(batch) for a in self.learners])[0]  # collective under ZeRO-3
+
+    def critic_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The critic's full weights (gathered by rank 0), None without a critic."""
+        import ray
+
+        return ray.get([a.critic_state_dict.remote() for a in self.learners])[0]
 
     def sync_weights(self, driver_model=None) -> dict[str, float]:
         """Learner rank 0 -> every rollout worker (and the driver's model, which evaluation and checkpoints use)."""

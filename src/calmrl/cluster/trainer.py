@@ -29,8 +29,6 @@ from calmrl.trainer import Trainer
 class RayLearner:
     """The trainer's view of the learner ranks: TorchLearner's interface, backed by the cluster."""
 
-    critic = None  # critic methods are refused for cluster=ray by config.validate
-
     def __init__(self, cluster: RayCluster, algo_cfg, driver_model):
         self.cluster, self.algo, self.driver_model = cluster, algo_cfg, driver_model
 
@@ -45,6 +43,12 @@ class RayLearner:
 
     def current_logprobs(self, batch) -> torch.Tensor:
         return self.cluster.current_logprobs(batch)
+
+    def critic_values(self, batch) -> torch.Tensor:
+        return self.cluster.critic_values(batch)
+
+    def critic_state_dict(self) -> dict[str, torch.Tensor] | None:
+        return self.cluster.critic_state_dict()
 
     def optimizer_state(self) -> None:
         return None  # DeepSpeed's partitions go into the checkpoint's deepspeed/ (LearnerStateCheckpoints)
@@ -73,8 +77,9 @@ class RayTrainer(Trainer):
             self.checkpoints.directory, cfg.trainer.keep_last, self.cluster.save_state
         )
 
-    def build_learner(self, ref_model, critic):
-        return None  # the learner ranks are Ray actors, started in __init__ once the driver's policy is loaded
+    def build_learner(self, base_path: Path):
+        # the learner ranks are Ray actors (with their reference and critic), started in __init__
+        return None
 
     def rollout(self, it: int, timings: dict[str, float]):
         """The workers play the episodes, each with the method's episode program (RolloutWorker.rollout)."""

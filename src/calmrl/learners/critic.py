@@ -15,7 +15,9 @@ class ValueModel(nn.Module):
     def __init__(self, trunk: nn.Module, hidden_size: int):
         super().__init__()
         self.trunk = trunk
-        self.head = nn.Linear(hidden_size, 1)
+        # skip_init: a head that starts at zero needs no random draw, and drawing one would shift the run's
+        # sampling stream by where the critic is built (the trainer's process, or a learner rank under Ray)
+        self.head = nn.utils.skip_init(nn.Linear, hidden_size, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 

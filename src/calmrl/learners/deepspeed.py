@@ -27,7 +27,15 @@ from pathlib import Path
 
 import torch
 
-from calmrl.learners.torch import POLICY_LOSS_PARTS, policy_logprobs, policy_token_loss, token_logprobs
+from calmrl.learners.critic import clipped_value_loss
+from calmrl.learners.torch import (
+    POLICY_LOSS_PARTS,
+    policy_logprobs,
+    policy_token_loss,
+    token_logprobs,
+    train_minibatches,
+    update_steps,
+)
 
 
 def deepspeed_config(learner_cfg, world_size: int) -> dict:
@@ -87,7 +95,7 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
         deepspeed.init_distributed(dist_backend=backend, rank=rank, world_size=world_size, auto_mpi_discovery=False)
 
 
-def single_rank_learner(model, algo_cfg, learner_cfg, ref_model=None, state_dir: Path | None = None):
+def single_rank_learner(model, algo_cfg, learner_cfg, ref_model=None, critic=None, state_dir: Path | None = None):
     """learner=deepspeed with cluster=local: a world of one rank in this process (gloo on a free loopback port;
     DeepSpeed's CPU accelerator when the model is on CPU). The wrapped module is `model` itself, so the trainer's
     HF generator samples from the weights DeepSpeed updates. `state_dir`: a checkpoint's `deepspeed/` to resume."""
@@ -100,17 +108,20 @@ def single_rank_learner(model, algo_cfg, learner_cfg, ref_model=None, state_dir:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         init_distributed(0, 1, "127.0.0.1", port)
-    learner = DeepSpeedLearner(model, algo_cfg, learner_cfg, ref_model=ref_model)
+    learner = DeepSpeedLearner(model, algo_cfg, learner_cfg, ref_model=ref_model, critic=critic)
     if state_dir is not None:
         learner.load_state(state_dir)
     return learner
 
 
 class DeepSpeedLearner:
-    """One rank of the learner world; every method is collective (call it on all ranks with the same arguments)."""
+    """One rank of the learner world; every method is collective (call it on all ranks with the same arguments).
 
-    def __init__(self, model, algo_cfg, learner_cfg, ref_model=None):
-        import deepspeed
+    With a `critic` (a `ValueModel`, for critic methods) the rank holds a second DeepSpeed engine for it, with its
+    own AdamW at `algo.critic_lr` and the same ZeRO stage, trained after the policy on every minibatch with
+    TorchLearner's clipped value loss."""
+
+    def __init__(self, model, algo_cfg, learner_cfg, ref_model=None, critic=None):
         import torch.distributed as dist
 
         if not dist.is_initialized():
@@ -118,23 +129,29 @@ class DeepSpeedLearner:
         self.algo = algo_cfg
         self.cfg = learner_cfg
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self.critic = None  # critic methods are refused by config.validate for learner=deepspeed
+        self.ds_config = deepspeed_config(learner_cfg, self.world)
         if learner_cfg.gradient_checkpointing:
             # non-reentrant: works with ZeRO-3's parameter hooks and needs no requires_grad on the inputs
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # torch's AdamW with TorchLearner's hyper-parameters: the same update rule on the same fp32 master
         # weights, so one step agrees with TorchLearner's to float rounding (tests/unit/learners/test_deepspeed.py)
-        optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad], lr=algo_cfg.lr, weight_decay=learner_cfg.weight_decay
-        )
-        self.ds_config = deepspeed_config(learner_cfg, self.world)
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=self.ds_config, dist_init_required=False
-        )
+        self.engine = self._engine(model, algo_cfg.lr)
+        self.critic_engine = None if critic is None else self._engine(critic, algo_cfg.critic_lr)
         self.device = self.engine.device
         self.ref_model = ref_model.to(self.device) if ref_model is not None else None
         if algo_cfg.kl_coef > 0 and ref_model is None:
             raise ValueError("algo.kl_coef > 0 needs a reference model")
+
+    def _engine(self, module, lr: float):
+        import deepspeed
+
+        optimizer = torch.optim.AdamW(
+            [p for p in module.parameters() if p.requires_grad], lr=lr, weight_decay=self.cfg.weight_decay
+        )
+        engine, _, _, _ = deepspeed.initialize(
+            model=module, optimizer=optimizer, config=self.ds_config, dist_init_required=False
+        )
+        return engine
 
     # ------------------------------------------------------------------ no-grad passes for the algo
     @torch.no_grad()
@@ -152,13 +169,24 @@ class DeepSpeedLearner:
         self.engine.eval()
         return self._per_token(self.engine, batch)
 
-    def _per_token(self, model, batch) -> torch.Tensor:
-        """`model`'s token log-probs of the whole batch, micro-batch by micro-batch: [N, L], 0 off the response."""
+    @torch.no_grad()
+    def critic_values(self, batch) -> torch.Tensor:
+        """Critic values [N, L] at every response token (zero elsewhere), before the update. Collective under
+        ZeRO-3, like `current_logprobs`."""
+        if self.critic_engine is None:
+            raise ValueError("no critic was built")
+        self.critic_engine.eval()
+        return self._per_token(self.critic_engine, batch, values=True)
+
+    def _per_token(self, model, batch, values: bool = False) -> torch.Tensor:
+        """`model`'s token log-probs (or, `values`, its outputs) over the whole batch, micro-batch by micro-batch:
+        [N, L], 0 off the response."""
         out = torch.zeros_like(batch.response_mask)
         for start in range(0, len(batch), self.cfg.micro_batch_size):
             rows = torch.arange(start, min(start + self.cfg.micro_batch_size, len(batch)))
             ids, attn, mask = self._rows(batch, rows)
-            out[rows, : ids.shape[1]] = token_logprobs(model, ids, attn).float().cpu() * mask.cpu()
+            per_token = model(ids, attn) if values else token_logprobs(model, ids, attn)
+            out[rows, : ids.shape[1]] = per_token.float().cpu() * mask.cpu()
         return out
 
     def _rows(self, batch, rows: torch.Tensor):
@@ -172,31 +200,46 @@ class DeepSpeedLearner:
     # ------------------------------------------------------------------ training
     def update(self, batch, train_policy: bool = True, orders: list[torch.Tensor] | None = None) -> dict[str, float]:
         """`algo.ppo_epochs` passes over the batch in minibatches of `algo.minibatch_size` rows, one optimizer step
-        each. `orders` (one permutation of the rows per epoch) must be the same on every rank; without it each
-        rank draws `torch.randperm` from its global RNG, which the caller must have seeded identically."""
-        if not train_policy:
-            return {"loss/skipped_steps": 0.0, "loss/optimizer_steps": 0.0}
-        if batch.advantages is None:
-            raise ValueError("batch.advantages is empty: run the algo's advantage function first")
+        each (policy, then critic; `train_policy=False`: the critic only). `orders` (one permutation of the rows per
+        epoch) must be the same on every rank; without it each rank draws `torch.randperm` from its global RNG,
+        which the caller must have seeded identically."""
+        if orders is None:
+            orders = [torch.randperm(len(batch)) for _ in range(self.algo.ppo_epochs)]
+        critic_step = self._critic_step if self.critic_engine is not None else None
+        steps = update_steps(batch, train_policy, self._policy_step, critic_step)
         self.engine.train()
-        totals: dict[str, float] = {}
-        steps = skipped = 0
-        for epoch in range(self.algo.ppo_epochs):
-            order = orders[epoch] if orders is not None else torch.randperm(len(batch))
-            for start in range(0, len(batch), self.algo.minibatch_size):
-                metrics = self._policy_step(batch.select(order[start : start + self.algo.minibatch_size]))
-                if metrics is None:
-                    skipped += 1
-                    continue
-                steps += 1
-                for k, v in metrics.items():
-                    totals[k] = totals.get(k, 0.0) + v
-        out = {k: v / max(steps, 1) for k, v in totals.items()}
-        out["loss/skipped_steps"] = float(skipped)
-        out["loss/optimizer_steps"] = float(steps)
-        return out
+        return train_minibatches(batch, self.algo, steps, orders)
 
     def _policy_step(self, mb) -> dict[str, float] | None:
+        def loss(engine, rows, ids, attn, mask):
+            width = ids.shape[1]
+            adv = mb.advantages[rows, :width].to(self.device)
+            old = mb.old_logprobs[rows, :width].to(self.device)
+            logp, entropy = policy_logprobs(engine, self.algo, ids, attn)
+            ref = None
+            if self.algo.kl_coef > 0:
+                with torch.no_grad():
+                    ref = token_logprobs(self.ref_model, ids, attn)
+            weights = None if mb.loss_weights is None else mb.loss_weights[rows, :width].to(self.device)
+            return policy_token_loss(self.algo, logp, old, adv, mask, ref, entropy, weights)
+
+        return self._sharded_step(self.engine, mb, loss, POLICY_LOSS_PARTS, "loss/grad_norm")
+
+    def _critic_step(self, mb) -> dict[str, float] | None:
+        def loss(engine, rows, ids, attn, mask):
+            width = ids.shape[1]
+            old = mb.values[rows, :width].to(self.device)
+            target = mb.returns[rows, :width].to(self.device)
+            value_loss = clipped_value_loss(engine(ids, attn), old, target, mask, self.algo.value_clip)
+            return value_loss, {"critic/value_loss": value_loss.detach()}
+
+        self.critic_engine.train()
+        return self._sharded_step(self.critic_engine, mb, loss, ("critic/value_loss",), "critic/grad_norm")
+
+    def _sharded_step(self, engine, mb, micro_loss, names: tuple[str, ...], grad_norm_key: str):
+        """One optimizer step of `engine` on minibatch `mb`, this rank training on its contiguous share of the rows.
+        `micro_loss(engine, rows, ids, attn, mask) -> (loss, parts)` is a micro-batch's token-mean loss; `parts`
+        (keyed by `names`) are summed with the same weights over micro-batches and ranks. None: skipped."""
         import torch.distributed as dist
 
         n = len(mb)
@@ -205,50 +248,47 @@ class DeepSpeedLearner:
         micro = int(self.cfg.micro_batch_size)
         num_micro = max(math.ceil(per_rank / micro), 1)  # the same on every rank
         num_tokens = mb.response_mask.sum().clamp(min=1.0)  # the whole minibatch's, so shares add up across ranks
-        names = POLICY_LOSS_PARTS
-        sums = torch.zeros(len(names) + 1, dtype=torch.float64)  # + a "non-finite loss seen" flag
-        self.engine.zero_grad()
+        sums = torch.zeros(len(names), dtype=torch.float64)
+        engine.zero_grad()
         for k in range(num_micro):
             rows = mine[k * micro : (k + 1) * micro]
             weight = 1.0
             if len(rows) == 0:  # this rank's share ran out: a zero-weight pass keeps the collectives in step
                 rows, weight = torch.arange(0, 1), 0.0
             ids, attn, mask = self._rows(mb, rows)
-            width = ids.shape[1]
-            adv = mb.advantages[rows, :width].to(self.device)
-            old = mb.old_logprobs[rows, :width].to(self.device)
-            logp, entropy = policy_logprobs(self.engine, self.algo, ids, attn)
-            ref = None
-            if self.algo.kl_coef > 0:
-                with torch.no_grad():
-                    ref = token_logprobs(self.ref_model, ids, attn)
-            weights = None if mb.loss_weights is None else mb.loss_weights[rows, :width].to(self.device)
-            loss, parts = policy_token_loss(self.algo, logp, old, adv, mask, ref, entropy, weights)
+            loss, parts = micro_loss(engine, rows, ids, attn, mask)
             share = weight * float(mask.sum()) / float(num_tokens)
             bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0])
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # every rank must take the same branch
             if bad.item() > 0:
-                self.engine.zero_grad()
+                engine.zero_grad()
                 return None
             # DeepSpeed averages gradients over ranks; x world makes the result the sum of the ranks' shares
-            self.engine.backward(loss * (share * self.world), scale_wrt_gas=False)
+            engine.backward(loss * (share * self.world), scale_wrt_gas=False)
             for i, name in enumerate(names):
                 sums[i] += float(parts[name]) * share
-        self.engine.step()
-        grad_norm = self.engine.get_global_grad_norm()
+        engine.step()
+        grad_norm = engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         if not math.isfinite(grad_norm):  # DeepSpeed found the overflow and skipped the update on every rank
             return None
         dist.all_reduce(sums)
-        return {**{name: float(sums[i]) for i, name in enumerate(names)}, "loss/grad_norm": grad_norm}
+        return {**{name: float(sums[i]) for i, name in enumerate(names)}, grad_norm_key: grad_norm}
 
     # ------------------------------------------------------------------ weights and checkpoints
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """The full (unpartitioned) weights as CPU tensors on rank 0, None on the others. Under ZeRO-3 the
+        """The policy's full (unpartitioned) weights as CPU tensors on rank 0, None on the others. Under ZeRO-3 the
         parameters are gathered one at a time, so no rank ever holds more than one extra full tensor."""
+        return self._gathered_state(self.engine.module)
+
+    def critic_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The critic's full weights on rank 0 (None on the others, and without a critic), for the checkpoint's
+        `critic` entry. Collective under ZeRO-3."""
+        return None if self.critic_engine is None else self._gathered_state(self.critic_engine.module)
+
+    def _gathered_state(self, module) -> dict[str, torch.Tensor] | None:
         import deepspeed
 
-        module = self.engine.module
         out: dict[str, torch.Tensor] | None = {} if self.rank == 0 else None
         if int(self.cfg.zero_stage) == 3:
             # the keys of state_dict() (tied weights under each name, persistent buffers only), filled from
@@ -278,21 +318,28 @@ class DeepSpeedLearner:
                 tokenizer.save_pretrained(directory)
 
     def save_state(self, directory: str | Path) -> None:
-        """DeepSpeed's own checkpoint (each rank's optimizer/gradient partitions) under `directory`. Collective;
-        every rank writes its shard, so `directory` must be on a filesystem all ranks see."""
-        self.engine.save_checkpoint(str(directory), tag="state", save_latest=False)
+        """DeepSpeed's own checkpoint (each rank's optimizer/gradient partitions; the critic's under tag `critic`)
+        under `directory`. Collective; every rank writes its shard, so `directory` must be on a filesystem all ranks
+        see."""
+        for tag, engine in self._engines():
+            engine.save_checkpoint(str(directory), tag=tag, save_latest=False)
 
     def load_state(self, directory: str | Path) -> None:
         """Restore weights and optimizer partitions written by `save_state` (same world size and ZeRO stage)."""
-        path, _ = self.engine.load_checkpoint(
-            str(directory),
-            tag="state",
-            load_module_strict=True,
-            load_optimizer_states=True,
-            load_lr_scheduler_states=False,
-        )
-        if path is None:
-            raise FileNotFoundError(f"no DeepSpeed state under {directory}/state")
+        for tag, engine in self._engines():
+            path, _ = engine.load_checkpoint(
+                str(directory),
+                tag=tag,
+                load_module_strict=True,
+                load_optimizer_states=True,
+                load_lr_scheduler_states=False,
+            )
+            if path is None:
+                raise FileNotFoundError(f"no DeepSpeed state under {directory}/{tag}")
+
+    def _engines(self):
+        """(checkpoint tag, engine) of each model this rank trains."""
+        return [("state", self.engine)] + ([("critic", self.critic_engine)] if self.critic_engine is not None else [])
 
     def optimizer_state(self) -> None:
         """No single-file optimizer state: DeepSpeed's partitions are saved by `save_state`."""

@@ -104,6 +104,42 @@ def policy_logprobs(model, algo, input_ids: torch.Tensor, attention_mask: torch.
     return token_logprobs(model, input_ids, attention_mask), None
 
 
+def update_steps(batch, train_policy: bool, policy_step: Callable, critic_step: Callable | None):
+    """The optimizer steps each minibatch gets, as [(role, step(mb) -> metrics, or None when skipped)]: the policy's
+    unless `train_policy` is off (critic warm-up), then the critic's when there is one."""
+    if train_policy and batch.advantages is None:
+        raise ValueError("batch.advantages is empty: run the algo's advantage function first")
+    if critic_step is not None and (batch.returns is None or batch.values is None):
+        raise ValueError("critic training needs batch.values and batch.returns (filled by the algo)")
+    steps = [("policy", policy_step)] if train_policy else []
+    return steps + ([("critic", critic_step)] if critic_step is not None else [])
+
+
+def train_minibatches(batch, algo, steps: list[tuple[str, Callable]], orders: list[torch.Tensor]) -> dict[str, float]:
+    """`algo.ppo_epochs` passes over the batch, epoch e in the row order `orders[e]`, in minibatches of
+    `algo.minibatch_size` rows; every minibatch gets each of `steps` once. Each metric is averaged over its own
+    role's steps (`critic/*` over the critic's); `loss/optimizer_steps` counts the policy's, `loss/skipped_steps`
+    every role's skipped ones."""
+    totals: dict[str, float] = {}
+    counts = {"policy": 0, "critic": 0}
+    skipped = 0
+    for order in orders:
+        for start in range(0, len(batch), algo.minibatch_size):
+            mb = batch.select(order[start : start + algo.minibatch_size])
+            for name, step in steps:
+                metrics = step(mb)
+                if metrics is None:
+                    skipped += 1
+                    continue
+                counts[name] += 1
+                for k, v in metrics.items():
+                    totals[k] = totals.get(k, 0.0) + v
+    out = {k: v / max(counts["critic" if k.startswith("critic/") else "policy"], 1) for k, v in totals.items()}
+    out["loss/skipped_steps"] = float(skipped)
+    out["loss/optimizer_steps"] = float(counts["policy"])
+    return out
+
+
 class TorchLearner:
     def __init__(self, model, algo_cfg, learner_cfg, ref_model=None, critic=None):
         self.model = model
@@ -165,33 +201,10 @@ class TorchLearner:
     # ------------------------------------------------------------------ training
     def update(self, batch, train_policy: bool = True, generator: torch.Generator | None = None) -> dict[str, float]:
         """Train on the batch; `train_policy=False` trains only the critic (critic warm-up)."""
-        if train_policy and batch.advantages is None:
-            raise ValueError("batch.advantages is empty: run the algo's advantage function first")
-        if self.critic is not None and (batch.returns is None or batch.values is None):
-            raise ValueError("critic training needs batch.values and batch.returns (filled by the algo)")
+        orders = [torch.randperm(len(batch), generator=generator) for _ in range(self.algo.ppo_epochs)]
+        steps = update_steps(batch, train_policy, self._policy_step, self._critic_step if self.critic else None)
         self.model.train()
-        totals: dict[str, float] = {}
-        counts = {"policy": 0, "critic": 0}
-        skipped = 0
-        for _ in range(self.algo.ppo_epochs):
-            order = torch.randperm(len(batch), generator=generator)
-            for start in range(0, len(batch), self.algo.minibatch_size):
-                mb = batch.select(order[start : start + self.algo.minibatch_size])
-                steps = [("policy", self._policy_step)] if train_policy else []
-                if self.critic is not None:
-                    steps.append(("critic", self._critic_step))
-                for name, step in steps:
-                    metrics = step(mb)
-                    if metrics is None:
-                        skipped += 1
-                        continue
-                    counts[name] += 1
-                    for k, v in metrics.items():
-                        totals[k] = totals.get(k, 0.0) + v
-        out = {k: v / max(counts["critic" if k.startswith("critic/") else "policy"], 1) for k, v in totals.items()}
-        out["loss/skipped_steps"] = float(skipped)
-        out["loss/optimizer_steps"] = float(counts["policy"])
-        return out
+        return train_minibatches(batch, self.algo, steps, orders)
 
     def _policy_step(self, mb) -> dict[str, float] | None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -271,6 +284,10 @@ class TorchLearner:
         return grad_norm
 
     # ------------------------------------------------------------------ checkpoint state
+    def critic_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The critic's weights for the checkpoint's `critic` entry; None without a critic."""
+        return None if self.critic is None else self.critic.state_dict()
+
     def optimizer_state(self) -> dict:
         state = {"policy": self.optimizer.state_dict()}
         if self.critic_optimizer is not None:

@@ -58,8 +58,9 @@ def test_config_pairs_deepspeed_with_ray_and_refuses_what_ray_lacks():
     validate(make("cluster=local"))  # learner=deepspeed as one rank in the trainer's process
     with pytest.raises(ConfigError, match="cluster=ray runs its learner ranks as DeepSpeed ranks"):
         validate(make("learner=torch"))
-    with pytest.raises(ConfigError, match="algo=ppo needs a critic, which learner=deepspeed does not support"):
-        validate(make("algo=ppo"))
+    validate(make("algo=ppo"))  # the ranks train the critic too
+    with pytest.raises(ConfigError, match="algo=dpo trains on offline preference data, which learner=deepspeed"):
+        validate(make("algo=dpo"))
     with pytest.raises(ConfigError, match="ZeRO-3 has no other rank"):
         validate(make("cluster=local", "learner.zero_stage=3"))
     with pytest.raises(ConfigError, match="offload_params needs learner.zero_stage=3"):

@@ -177,3 +177,77 @@ def test_two_ranks_match_torch_learner_and_round_trip(tiny_policy_dir, tmp_path,
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "export", use_safetensors=True).state_dict()
     for name, tensor in exported.items():
         torch.testing.assert_close(tensor, w["replayed"][name], atol=0, rtol=0, msg=name)
+
+
+# ---------------------------------------------------------------- the critic (algo=ppo, ma_ppo) on 2 ZeRO-3 ranks
+CRITIC_ALGO = {**ALGO, "critic_lr": 1e-2, "value_clip": 0.2}
+
+
+def with_value_targets(batch, values, returns):
+    batch.values = batch.response_mask * torch.tensor(values).unsqueeze(1)
+    batch.returns = batch.response_mask * torch.tensor(returns).unsqueeze(1)
+    return batch
+
+
+def _critic_rank(rank, world, port, policy_dir, batch, out_dir):
+    """One learner rank with a critic: its values, one update (policy + critic), the gathered critic, and
+    save -> update -> load of both engines."""
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    torch.set_num_threads(1)
+    from calmrl.learners.critic import ValueModel
+    from calmrl.learners.deepspeed import DeepSpeedLearner, init_distributed
+    from calmrl.policy import load_policy
+
+    init_distributed(rank, world, "127.0.0.1", port)
+    model, _ = load_policy(policy_dir)
+    critic = ValueModel.from_pretrained(policy_dir)
+    learner = DeepSpeedLearner(model, OmegaConf.create(CRITIC_ALGO), learner_cfg(zero_stage=3), critic=critic)
+    values = learner.critic_values(batch)
+    order = [torch.arange(len(batch))]
+    metrics = learner.update(batch, orders=order)
+    first = learner.critic_state_dict()
+    learner.save_state(os.path.join(out_dir, "ds"))
+    warmup = learner.update(batch, train_policy=False, orders=order)  # critic warm-up: the critic alone
+    warmed = learner.critic_state_dict()
+    learner.load_state(os.path.join(out_dir, "ds"))
+    restored = learner.critic_state_dict()
+    if rank == 0:
+        torch.save({"values": values, "first": first, "warmed": warmed, "restored": restored}, f"{out_dir}/critic.pt")
+        with open(f"{out_dir}/metrics.json", "w") as f:
+            json.dump({"update": metrics, "warmup": warmup}, f)
+    else:
+        assert first is None
+    torch.distributed.destroy_process_group()
+
+
+def test_two_zero3_ranks_train_the_critic_as_torch_learner_does(tiny_policy_dir, tmp_path):
+    from calmrl.learners.critic import ValueModel
+    from calmrl.policy import load_policy
+
+    model, tok = load_policy(tiny_policy_dir)
+    batch = make_batch(model, tok, ["north", "south", "east", "west", "north"], [1.0, -1.0, 0.5, -0.3, 0.2])
+    batch = with_value_targets(batch, [0.1, -0.2, 0.0, 0.3, 0.05], [1.0, -0.5, 0.4, 0.2, -1.0])
+    torch.multiprocessing.spawn(
+        _critic_rank, args=(2, free_port(), str(tiny_policy_dir), batch, str(tmp_path)), nprocs=2, join=True
+    )
+    got = torch.load(tmp_path / "critic.pt", weights_only=True)
+    ds = json.loads((tmp_path / "metrics.json").read_text())
+
+    critic = ValueModel.from_pretrained(tiny_policy_dir)
+    ref_learner = TorchLearner(model, OmegaConf.create(CRITIC_ALGO), learner_cfg(), critic=critic)
+    torch.testing.assert_close(got["values"], ref_learner.critic_values(batch), atol=TOL, rtol=0)
+    ref = ref_learner.update(batch, generator=None)
+    for key in ("loss/policy", "loss/grad_norm", "critic/value_loss", "critic/grad_norm"):
+        assert ds["update"][key] == pytest.approx(ref[key], abs=TOL), key
+    assert ds["update"]["loss/optimizer_steps"] == 1 and ds["update"]["loss/skipped_steps"] == 0
+    assert ds["warmup"]["loss/optimizer_steps"] == 0 and "critic/value_loss" in ds["warmup"]
+    assert "loss/policy" not in ds["warmup"]
+    tol = first_adam_step_tolerance(critic, ref_learner.critic_optimizer)
+    initial = ValueModel.from_pretrained(tiny_policy_dir).state_dict()
+    for name, tensor in critic.state_dict().items():
+        off = (got["first"][name] - tensor).abs()
+        assert bool((off <= tol.get(name, TOL)).all()), f"{name}: off by {float(off.max()):.3g}, beyond rounding"
+        assert torch.equal(got["restored"][name], got["first"][name]), name  # load_state restores the critic too
+    # not vacuous: the update moved the critic off its start, and the warm-up moved it again before the restore
+    assert (got["first"]["head.weight"] - initial["head.weight"]).abs().max() > 1e-3
+    assert (got["warmed"]["head.weight"] - got["first"]["head.weight"]).abs().max() > 1e-3
