@@ -242,17 +242,17 @@ class RayCluster:
     def reference_logprobs(self, batch) -> torch.Tensor:
         import ray
 
-        return ray.get(self.learners[0].reference_logprobs.remote(batch))  # the reference is whole on every rank
+        return ray.get([a.reference_logprobs.remote(batch) for a in self.learners])[0]  # each rank: its share
 
     def current_logprobs(self, batch) -> torch.Tensor:
         import ray
 
-        return ray.get([a.current_logprobs.remote(batch) for a in self.learners])[0]  # collective under ZeRO-3
+        return ray.get([a.current_logprobs.remote(batch) for a in self.learners])[0]  # each rank: its share
 
     def critic_values(self, batch) -> torch.Tensor:
         import ray
 
-        return ray.get([a.critic_values.remote(batch) for a in self.learners])[0]  # collective under ZeRO-3
+        return ray.get([a.critic_values.remote(batch) for a in self.learners])[0]  # each rank: its share
 
     def critic_state_dict(self) -> dict[str, torch.Tensor] | None:
         """The critic's full weights (gathered by rank 0), None without a critic."""

@@ -156,37 +156,59 @@ class DeepSpeedLearner:
     # ------------------------------------------------------------------ no-grad passes for the algo
     @torch.no_grad()
     def reference_logprobs(self, batch) -> torch.Tensor:
-        """Reference-policy log-probs [N, L] (zero outside the response mask); the reference is a plain,
-        unpartitioned model on every rank, so each rank computes the whole batch without collectives."""
+        """Reference-policy log-probs [N, L] (zero outside the response mask), from each rank's share of the rows
+        (the reference is a plain, unpartitioned model on every rank). Collective: the shares are all-gathered."""
         if self.ref_model is None:
             raise ValueError("no reference model was loaded")
         return self._per_token(self.ref_model, batch)
 
     @torch.no_grad()
     def current_logprobs(self, batch) -> torch.Tensor:
-        """The policy's log-probs [N, L] of the batch's tokens (zero outside the response mask), before the update.
-        Collective under ZeRO-3: every rank runs the whole batch, so the gathers stay in step."""
+        """The policy's log-probs [N, L] of the batch's tokens (zero outside the response mask), before the update;
+        each rank runs its share of the rows. Collective."""
         self.engine.eval()
         return self._per_token(self.engine, batch)
 
     @torch.no_grad()
     def critic_values(self, batch) -> torch.Tensor:
-        """Critic values [N, L] at every response token (zero elsewhere), before the update. Collective under
-        ZeRO-3, like `current_logprobs`."""
+        """Critic values [N, L] at every response token (zero elsewhere), before the update; each rank runs its
+        share of the rows. Collective."""
         if self.critic_engine is None:
             raise ValueError("no critic was built")
         self.critic_engine.eval()
         return self._per_token(self.critic_engine, batch, values=True)
 
     def _per_token(self, model, batch, values: bool = False) -> torch.Tensor:
-        """`model`'s token log-probs (or, `values`, its outputs) over the whole batch, micro-batch by micro-batch:
-        [N, L], 0 off the response."""
-        out = torch.zeros_like(batch.response_mask)
-        for start in range(0, len(batch), self.cfg.micro_batch_size):
-            rows = torch.arange(start, min(start + self.cfg.micro_batch_size, len(batch)))
+        """`model`'s token log-probs (or, `values`, its outputs) of the batch: [N, L], 0 off the response, on every
+        rank. Each rank computes its contiguous share of the rows, micro-batch by micro-batch, and the shares are
+        all-gathered, so the pass costs 1/world of the batch per rank."""
+        import torch.distributed as dist
+
+        n, width = batch.response_mask.shape
+        per_rank = math.ceil(n / self.world)
+        share = torch.zeros(per_rank, width, device=self.device)
+        for rows, weight in self._micro_batches_of_my_share(n):
             ids, attn, mask = self._rows(batch, rows)
+            if weight == 0.0:  # no rows left for this rank: the forward only keeps ZeRO-3's gathers in step
+                model(ids, attn) if values else token_logprobs(model, ids, attn)
+                continue
             per_token = model(ids, attn) if values else token_logprobs(model, ids, attn)
-            out[rows, : ids.shape[1]] = per_token.float().cpu() * mask.cpu()
+            share[rows - self.rank * per_rank, : ids.shape[1]] = per_token.float() * mask
+        shares = [torch.empty_like(share) for _ in range(self.world)]
+        dist.all_gather(shares, share)
+        return torch.cat(shares)[:n].cpu().to(batch.response_mask.dtype)
+
+    def _micro_batches_of_my_share(self, n: int) -> list[tuple[torch.Tensor, float]]:
+        """(row indices, weight) of each micro-batch of this rank's contiguous share of n rows. Every rank gets the
+        same number of micro-batches (ZeRO-3 gathers parameters inside each forward, a collective): a rank whose
+        share has run out gets row 0 with weight 0."""
+        per_rank = math.ceil(n / self.world)
+        mine = torch.arange(self.rank * per_rank, min((self.rank + 1) * per_rank, n))
+        micro = int(self.cfg.micro_batch_size)
+        out = []
+        for k in range(max(math.ceil(per_rank / micro), 1)):
+            rows = mine[k * micro : (k + 1) * micro]
+            out.append((rows, 1.0) if len(rows) else (torch.arange(0, 1), 0.0))
         return out
 
     def _rows(self, batch, rows: torch.Tensor):
@@ -242,19 +264,10 @@ class DeepSpeedLearner:
         (keyed by `names`) are summed with the same weights over micro-batches and ranks. None: skipped."""
         import torch.distributed as dist
 
-        n = len(mb)
-        per_rank = math.ceil(n / self.world)
-        mine = torch.arange(self.rank * per_rank, min((self.rank + 1) * per_rank, n))
-        micro = int(self.cfg.micro_batch_size)
-        num_micro = max(math.ceil(per_rank / micro), 1)  # the same on every rank
         num_tokens = mb.response_mask.sum().clamp(min=1.0)  # the whole minibatch's, so shares add up across ranks
         sums = torch.zeros(len(names), dtype=torch.float64)
         engine.zero_grad()
-        for k in range(num_micro):
-            rows = mine[k * micro : (k + 1) * micro]
-            weight = 1.0
-            if len(rows) == 0:  # this rank's share ran out: a zero-weight pass keeps the collectives in step
-                rows, weight = torch.arange(0, 1), 0.0
+        for rows, weight in self._micro_batches_of_my_share(len(mb)):  # weight 0: a pass that keeps ranks in step
             ids, attn, mask = self._rows(mb, rows)
             loss, parts = micro_loss(engine, rows, ids, attn, mask)
             share = weight * float(mask.sum()) / float(num_tokens)

@@ -190,8 +190,8 @@ def with_value_targets(batch, values, returns):
 
 
 def _critic_rank(rank, world, port, policy_dir, batch, out_dir):
-    """One learner rank with a critic: its values, one update (policy + critic), the gathered critic, and
-    save -> update -> load of both engines."""
+    """One learner rank with a critic and a reference: the no-grad passes, one update (policy + critic), the
+    gathered critic, and save -> update -> load of both engines."""
     os.environ["DS_ACCELERATOR"] = "cpu"
     torch.set_num_threads(1)
     from calmrl.learners.critic import ValueModel
@@ -200,9 +200,13 @@ def _critic_rank(rank, world, port, policy_dir, batch, out_dir):
 
     init_distributed(rank, world, "127.0.0.1", port)
     model, _ = load_policy(policy_dir)
+    ref, _ = load_policy(policy_dir)
     critic = ValueModel.from_pretrained(policy_dir)
-    learner = DeepSpeedLearner(model, OmegaConf.create(CRITIC_ALGO), learner_cfg(zero_stage=3), critic=critic)
-    values = learner.critic_values(batch)
+    algo, cfg = OmegaConf.create(CRITIC_ALGO), learner_cfg(zero_stage=3)
+    learner = DeepSpeedLearner(model, algo, cfg, ref_model=ref, critic=critic)
+    # the no-grad passes: each rank its share of the rows (3 and 2 here), gathered on every rank
+    passes = {"values": learner.critic_values(batch), "current": learner.current_logprobs(batch)}
+    passes["reference"] = learner.reference_logprobs(batch)
     order = [torch.arange(len(batch))]
     metrics = learner.update(batch, orders=order)
     first = learner.critic_state_dict()
@@ -212,7 +216,7 @@ def _critic_rank(rank, world, port, policy_dir, batch, out_dir):
     learner.load_state(os.path.join(out_dir, "ds"))
     restored = learner.critic_state_dict()
     if rank == 0:
-        torch.save({"values": values, "first": first, "warmed": warmed, "restored": restored}, f"{out_dir}/critic.pt")
+        torch.save({**passes, "first": first, "warmed": warmed, "restored": restored}, f"{out_dir}/critic.pt")
         with open(f"{out_dir}/metrics.json", "w") as f:
             json.dump({"update": metrics, "warmup": warmup}, f)
     else:
@@ -220,7 +224,7 @@ def _critic_rank(rank, world, port, policy_dir, batch, out_dir):
     torch.distributed.destroy_process_group()
 
 
-def test_two_zero3_ranks_train_the_critic_as_torch_learner_does(tiny_policy_dir, tmp_path):
+def test_two_zero3_ranks_score_shards_and_train_the_critic_as_torch_learner_does(tiny_policy_dir, tmp_path):
     from calmrl.learners.critic import ValueModel
     from calmrl.policy import load_policy
 
@@ -234,8 +238,12 @@ def test_two_zero3_ranks_train_the_critic_as_torch_learner_does(tiny_policy_dir,
     ds = json.loads((tmp_path / "metrics.json").read_text())
 
     critic = ValueModel.from_pretrained(tiny_policy_dir)
-    ref_learner = TorchLearner(model, OmegaConf.create(CRITIC_ALGO), learner_cfg(), critic=critic)
+    ref_model, _ = load_policy(tiny_policy_dir)
+    ref_learner = TorchLearner(model, OmegaConf.create(CRITIC_ALGO), learner_cfg(), ref_model=ref_model, critic=critic)
     torch.testing.assert_close(got["values"], ref_learner.critic_values(batch), atol=TOL, rtol=0)
+    torch.testing.assert_close(got["current"], ref_learner.current_logprobs(batch), atol=TOL, rtol=0)
+    torch.testing.assert_close(got["reference"], ref_learner.reference_logprobs(batch), atol=TOL, rtol=0)
+    assert bool((got["current"][batch.response_mask.bool()] < 0).all())  # every response token has its log-prob
     ref = ref_learner.update(batch, generator=None)
     for key in ("loss/policy", "loss/grad_norm", "critic/value_loss", "critic/grad_norm"):
         assert ds["update"][key] == pytest.approx(ref[key], abs=TOL), key
