@@ -32,7 +32,8 @@ from calmrl.learners.torch import TorchLearner
 from calmrl.logging import MetricsLogger
 from calmrl.policy import PromptTemplate, build_tiny_policy, load_policy
 from calmrl.policy.loading import DTYPES
-from calmrl.rollout import HFGenerator, play_episodes
+from calmrl.rollout import play_episodes
+from calmrl.rollout.generators import build_generators
 from calmrl.rollout.mismatch import correct, mismatch_metrics
 from calmrl.runs import start_run, train_seeds
 from calmrl.shapers import ShaperContext, build_shaper
@@ -47,7 +48,7 @@ class Trainer:
 
         base_path = self._policy_path()
         load_path = self.resume_from.policy_dir if self.resume_from else base_path
-        self.model, self.tokenizer = load_policy(load_path, cfg.policy.dtype, cfg.policy.trust_remote_code, self.device)
+        self.model, self.tokenizer = self.load_policy_copy(load_path)
         self.method = ALGOS.get(cfg.algo.name)
         # algos with state across iterations (ArCHer's utterance critic, MA-PPO's parse table): see AlgoState
         self.algo_state = None
@@ -79,28 +80,8 @@ class Trainer:
             ),
         )
         self.learner = self.build_learner(base_path)
-        # rollout=vllm: one vLLM engine behind both generators, its weights synced after every update;
-        # rollout=hf generates with the learner's own module, so it never needs a sync.
-        self.engine = None
-        if cfg.rollout.name == "vllm":
-            from calmrl.rollout.vllm import build_vllm_generators
-
-            self.engine, self.sample, self.greedy = build_vllm_generators(cfg, load_path, self.tokenizer)
-        else:
-            self.sample = HFGenerator(
-                self.model,
-                self.tokenizer,
-                cfg.rollout.max_new_tokens,
-                cfg.rollout.temperature,
-                cfg.rollout.generation_batch_size,
-            )
-            self.greedy = HFGenerator(
-                self.model,
-                self.tokenizer,
-                cfg.rollout.max_new_tokens,
-                cfg.rollout.eval_temperature,
-                cfg.rollout.generation_batch_size,
-            )
+        self.engine, self.sample, self.greedy = self.build_generators(load_path)
+        self.policy_weights = self.model  # what the checkpoint's policy/ is written from (save_pretrained)
         n = cfg.rollout.num_groups * cfg.rollout.group_size
         self.train_envs = make_pool(cfg.env, n)
         self.eval_envs = make_pool(cfg.env, cfg.env.eval_episodes)
@@ -115,7 +96,17 @@ class Trainer:
             self.start_iter = self.resume_from.step
             self.state = dict(self.resume_from.trainer_state)
 
-    # ---------------------------------------------------------------- setup helpers
+    # ---------------------------------------------------------------- setup helpers: the roles this process hosts
+    def load_policy_copy(self, path: Path):
+        """(the policy module this process trains and generates with, its tokenizer)."""
+        cfg = self.cfg
+        return load_policy(path, cfg.policy.dtype, cfg.policy.trust_remote_code, self.device)
+
+    def build_generators(self, load_path: Path):
+        """(engine, sample, greedy) of the rollout role: see `calmrl.rollout.generators.build_generators`."""
+        cfg = self.cfg
+        return build_generators(cfg.rollout, cfg.policy, self.tokenizer, self.model, load_path, seed=cfg.seed)
+
     def build_learner(self, base_path: Path):
         """The policy role in this process, with the reference (a KL term, or a method that reads ref_logprobs) and
         critic roles it hosts: TorchLearner (learner=torch), or DeepSpeed as one rank (learner=deepspeed; it wraps
@@ -312,7 +303,7 @@ class Trainer:
                     critic = self.learner.critic_state_dict()
                     self.checkpoints.save(
                         it,
-                        self.model,
+                        self.policy_weights,
                         self.tokenizer,
                         self.learner.optimizer_state(),
                         trainer_state=self.state,

@@ -81,6 +81,10 @@ class LearnerActor:
     def critic_state_dict(self):
         return self.learner.critic_state_dict()
 
+    def save_pretrained(self, directory: str) -> None:
+        """The full weights as a save_pretrained directory, written by rank 0 (the checkpoint's `policy/`)."""
+        self.learner.save_pretrained(directory)
+
     def export(self, disk_path: str | None = None):
         """Rank 0: the full weights, packed for the object store (or written to `disk_path`, returning the path);
         other ranks: None. Collective under ZeRO-3 (every rank takes part in each gather)."""
@@ -109,8 +113,8 @@ class LearnerActor:
 class RolloutWorker:
     def __init__(self, index: int, cfg: dict, policy_path: str, num_envs: int, num_threads: int | None):
         from calmrl.envs import make_pool
-        from calmrl.policy import PromptTemplate, load_policy
-        from calmrl.rollout import HFGenerator
+        from calmrl.policy import PromptTemplate, load_policy, load_tokenizer
+        from calmrl.rollout.generators import build_generators
         from calmrl.runs import pick_device
 
         self.index = index
@@ -120,27 +124,15 @@ class RolloutWorker:
         if not hosts_vllm_cpu_engine(self.cfg["rollout"]):  # vLLM's CPU build keeps torch's threads (runs.py)
             _threads(num_threads)
         policy, rollout = self.cfg["policy"], self.cfg["rollout"]
-        self.engine = None
         if rollout.name == "vllm":
             # a vLLM engine per worker (its GPU from the placement bundle); weights arrive through its loader
-            from transformers import AutoTokenizer
-
-            from calmrl.rollout.vllm import VLLMEngine, VLLMGenerator
-
-            self.model = None
-            self.tokenizer = AutoTokenizer.from_pretrained(policy_path, trust_remote_code=policy.trust_remote_code)
-            self.engine = VLLMEngine.from_config(
-                rollout, policy, policy_path, self.tokenizer, seed=int(cfg.get("seed", 0)) + index
-            )
-            self.generate = VLLMGenerator(
-                self.engine, self.tokenizer, rollout.max_new_tokens, rollout.temperature, rollout.generation_batch_size
-            )
+            self.model, self.tokenizer = None, load_tokenizer(policy_path, policy.trust_remote_code)
         else:
             device = pick_device(cfg["device"])
             self.model, self.tokenizer = load_policy(policy_path, policy.dtype, policy.trust_remote_code, device)
-            self.generate = HFGenerator(
-                self.model, self.tokenizer, rollout.max_new_tokens, rollout.temperature, rollout.generation_batch_size
-            )
+        self.engine, self.sample, self.greedy = build_generators(
+            rollout, policy, self.tokenizer, self.model, policy_path, seed=int(cfg.get("seed", 0)) + index
+        )
         self.template = PromptTemplate(tokenizer=self.tokenizer, **policy.template)
         self.envs = make_pool(self.cfg["env"], num_envs)
 
@@ -179,7 +171,7 @@ class RolloutWorker:
             seeds=seeds,
             uids=uids,
             template=self.template,
-            generate=self.generate,
+            generate=self.sample,
             algo_cfg=self.cfg["algo"],
             env_cfg=self.cfg["env"],
             tokenizer=self.tokenizer,
@@ -187,11 +179,18 @@ class RolloutWorker:
         )
         return trajs, timings, torch.get_rng_state()
 
-    def sample(self, prompts: list[str], rng_state: torch.Tensor):
-        """Sampled responses to `prompts` from this worker's policy copy (an algo's state may ask for them between
-        rollouts, e.g. ArCHer's critic targets), drawing from `rng_state`; returns (generations, end RNG state)."""
+    def generate_from(self, prompts: list[str], rng_state: torch.Tensor, greedy: bool = False):
+        """Responses to `prompts` outside the episodes it plays: the driver's evaluation (`greedy`: at
+        rollout.eval_temperature) or an algo state's sampling between rollouts (ArCHer's critic targets), drawing
+        from `rng_state`; returns (generations, end RNG state)."""
         torch.set_rng_state(rng_state)
-        return self.generate(prompts), torch.get_rng_state()
+        return (self.greedy if greedy else self.sample)(prompts), torch.get_rng_state()
+
+    def sleep(self) -> None:
+        """Free a vLLM engine's GPU memory for the learners' update (rollout.enable_sleep_mode on a colocated
+        placement); the next `load_weights` wakes it. A no-op for an HF worker or without sleep mode."""
+        if self.engine is not None:
+            self.engine.sleep()
 
     @torch.no_grad()
     def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

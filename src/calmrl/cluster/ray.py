@@ -198,14 +198,16 @@ class RayCluster:
         torch.set_rng_state(results[0][2])
         return trajs
 
-    def sample(self, prompts: list[str]) -> list:
-        """Sampled generations for `prompts` from rollout worker 0, on the driver's RNG stream (handed over and
-        back, as in `rollout`), so they are the draws the trainer's own generator would make under cluster=local."""
+    def generate(self, prompts: list[str], greedy: bool = False) -> list:
+        """Generations for `prompts` from rollout worker 0 (`greedy`: at rollout.eval_temperature, for evaluation),
+        on the driver's RNG stream (handed over and back, as in `rollout`), so they are the draws the trainer's own
+        generator would make under cluster=local."""
         import ray
 
         while True:
             try:
-                generations, rng = ray.get(self.workers[0].sample.remote(prompts, torch.get_rng_state()))
+                call = self.workers[0].generate_from.remote(prompts, torch.get_rng_state(), greedy)
+                generations, rng = ray.get(call)
                 break
             except ray.exceptions.RayActorError as e:
                 self._restart_dead_workers(e)
@@ -235,8 +237,11 @@ class RayCluster:
 
     # ---------------------------------------------------------------- learners
     def update(self, batch, train_policy: bool, orders: list[torch.Tensor]) -> dict[str, float]:
+        """One update on the learner ranks; the rollout workers' vLLM engines sleep through it (with
+        rollout.enable_sleep_mode: colocated, the ranks get their GPU memory) until the next weight sync."""
         import ray
 
+        ray.get([w.sleep.remote() for w in self.workers])
         return ray.get([a.update.remote(batch, train_policy, orders) for a in self.learners])[0]
 
     def reference_logprobs(self, batch) -> torch.Tensor:
@@ -260,11 +265,9 @@ class RayCluster:
 
         return ray.get([a.critic_state_dict.remote() for a in self.learners])[0]
 
-    def sync_weights(self, driver_model=None) -> dict[str, float]:
-        """Learner rank 0 -> every rollout worker (and the driver's model, which evaluation and checkpoints use)."""
+    def sync_weights(self) -> dict[str, float]:
+        """Learner rank 0 -> every rollout worker."""
         import ray
-
-        from calmrl.cluster import weights
 
         t0 = time.perf_counter()
         disk = str(self.c.weight_sync) == "disk"
@@ -280,18 +283,21 @@ class RayCluster:
         t1 = time.perf_counter()
         load_s = ray.get([w.load_weights.remote(source_ref, expected) for w in self.workers])
         t2 = time.perf_counter()
-        if driver_model is not None:
-            weights.load_into(driver_model, weights.read(source) if disk else weights.unpack(source))
-        t3 = time.perf_counter()
         self.weights_source, self.probe_expected = source_ref, expected
         return {
             "perf/sync_gather_s": gather_s,
             "perf/sync_export_s": t1 - t0,  # gather + pack + transfer to the driver + put
             "perf/sync_workers_s": t2 - t1,
             "perf/sync_worker_load_s": max(load_s),
-            "perf/sync_driver_s": t3 - t2,
             "perf/weight_sync_s": t2 - t0,  # learner -> workers: what the next rollout waits for
         }
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """The learners' full weights as a save_pretrained directory (rank 0 writes; the checkpoint's `policy/`,
+        so the run directory must be on a filesystem rank 0 sees, as for `save_state`)."""
+        import ray
+
+        ray.get([a.save_pretrained.remote(str(directory)) for a in self.learners])
 
     def save_state(self, directory: Path) -> None:
         import ray

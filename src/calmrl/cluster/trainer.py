@@ -1,11 +1,14 @@
-"""`RayTrainer`: the trainer's loop, unchanged, with rollouts and updates sent to a `RayCluster`.
+"""`RayTrainer`: the trainer's loop, unchanged, with its policy, reference, critic and rollout roles hosted by a
+`RayCluster`.
 
-The driver keeps what cluster=local keeps (tokenizer, template, shaper, the algo and its state across iterations,
-the evaluation envs and one copy of the policy); the workers play the episodes with the method's episode program
-and answer the algo state's sampling between rollouts. The driver's copy receives every weight sync, so evaluation and the checkpoint's `policy/`
-(safetensors, the full gathered weights) are exactly the learners'. The checkpoint also carries DeepSpeed's own
-sharded state under `deepspeed/`, moved in before the manifest is written, so `resume=auto` restores the
-optimizer partitions as atomically as everything else (same `num_learners` and `zero_stage` required).
+The driver holds no copy of the policy: it keeps the tokenizer, template, shapers, the algo and its state across
+iterations, and the evaluation envs. The rollout workers play the training episodes (with the method's episode
+program) and generate for the driver's evaluation and for an algo state's sampling between rollouts; the learner
+ranks compute reference log-probs, critic values and the learner's own log-probs on their shares of the batch,
+train, and write the checkpoint's `policy/` (rank 0: the full gathered weights, safetensors). The checkpoint also
+carries DeepSpeed's own sharded state under `deepspeed/`, moved in before the manifest is written, so
+`resume=auto` restores the optimizer partitions as atomically as everything else (same `num_learners` and
+`zero_stage` required).
 
 RNG: the driver's torch RNG is the run's single sampling stream, as in cluster=local: rollout worker 0 draws
 from it and hands it back, and the minibatch orders are drawn from it on the driver; so with one rollout
@@ -14,7 +17,7 @@ worker the first iteration samples exactly the trajectories cluster=local sample
 
 from __future__ import annotations
 
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,6 +25,7 @@ import torch
 from calmrl.cluster.ray import RayCluster
 from calmrl.envs.pool import InlinePool
 from calmrl.learners.checkpoint import LearnerStateCheckpoints
+from calmrl.policy import load_tokenizer
 from calmrl.runs import train_seeds
 from calmrl.trainer import Trainer
 
@@ -29,14 +33,14 @@ from calmrl.trainer import Trainer
 class RayLearner:
     """The trainer's view of the learner ranks: TorchLearner's interface, backed by the cluster."""
 
-    def __init__(self, cluster: RayCluster, algo_cfg, driver_model):
-        self.cluster, self.algo, self.driver_model = cluster, algo_cfg, driver_model
+    def __init__(self, cluster: RayCluster, algo_cfg):
+        self.cluster, self.algo = cluster, algo_cfg
 
     def update(self, batch, train_policy: bool = True) -> dict[str, float]:
         # the same draws, from the same stream, as TorchLearner.update makes
         orders = [torch.randperm(len(batch)) for _ in range(self.algo.ppo_epochs)]
         metrics = self.cluster.update(batch, train_policy, orders)
-        return {**metrics, **self.cluster.sync_weights(self.driver_model)}
+        return {**metrics, **self.cluster.sync_weights()}
 
     def reference_logprobs(self, batch) -> torch.Tensor:
         return self.cluster.reference_logprobs(batch)
@@ -63,23 +67,27 @@ class RayTrainer(Trainer):
         # the episodes run in the workers' own pools
         self.train_envs.close()
         self.train_envs = InlinePool([])
+        self.policy_weights = self.cluster  # the checkpoint's policy/ is written by learner rank 0
+
+    def load_policy_copy(self, path: Path):
+        return None, load_tokenizer(path, self.cfg.policy.trust_remote_code)  # the workers and ranks load it
+
+    def build_learner(self, base_path: Path) -> RayLearner:
+        """Start the cluster: learner ranks (with their reference and critic) and rollout workers."""
+        cfg = self.cfg
         state_dir = None
         if self.resume_from is not None and (self.resume_from.path / "deepspeed").is_dir():
             state_dir = self.resume_from.path / "deepspeed"
-        policy_path = self.resume_from.policy_dir if self.resume_from else self._policy_path()
-        t0 = time.perf_counter()
-        self.cluster = RayCluster(cfg, self.run_dir, policy_path, self._policy_path(), state_dir)
-        self.setup_s = time.perf_counter() - t0
-        self.learner = RayLearner(self.cluster, cfg.algo, self.model)
-        # sampling between rollouts (an algo state's `sample`, ArCHer's V targets) goes to the rollout role too
-        self.sample = self.cluster.sample
+        policy_path = self.resume_from.policy_dir if self.resume_from else base_path
+        self.cluster = RayCluster(cfg, self.run_dir, policy_path, base_path, state_dir)
         self.checkpoints = LearnerStateCheckpoints(
             self.checkpoints.directory, cfg.trainer.keep_last, self.cluster.save_state
         )
+        return RayLearner(self.cluster, cfg.algo)
 
-    def build_learner(self, base_path: Path):
-        # the learner ranks are Ray actors (with their reference and critic), started in __init__
-        return None
+    def build_generators(self, load_path: Path):
+        # generation outside the episodes (evaluation, an algo state's sampling) goes to the rollout workers too
+        return None, self.cluster.generate, partial(self.cluster.generate, greedy=True)
 
     def rollout(self, it: int, timings: dict[str, float]):
         """The workers play the episodes, each with the method's episode program (RolloutWorker.rollout)."""

@@ -17,9 +17,11 @@ class PolicyLoadError(RuntimeError):
     pass
 
 
-def load_policy(path: str | Path, dtype: str = "float32", trust_remote_code: bool = False, device: str = "cpu"):
-    """Returns (model, tokenizer); the tokenizer pads on the left for batched generation."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    """The tokenizer of a save_pretrained policy directory, padding on the left for batched generation (EOS as
+    the pad token where it has none). A role that holds no torch copy of the policy (a vLLM worker, the driver
+    under cluster=ray) loads only this."""
+    from transformers import AutoTokenizer
 
     path = Path(path).expanduser()
     if not (path / "config.json").is_file():
@@ -32,8 +34,16 @@ def load_policy(path: str | Path, dtype: str = "float32", trust_remote_code: boo
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_policy(path: str | Path, dtype: str = "float32", trust_remote_code: bool = False, device: str = "cpu"):
+    """Returns (model, tokenizer); the tokenizer pads on the left for batched generation."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(path, trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=DTYPES[str(dtype)], trust_remote_code=trust_remote_code, use_safetensors=True
+        Path(path).expanduser(), dtype=DTYPES[str(dtype)], trust_remote_code=trust_remote_code, use_safetensors=True
     )
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.to(device), tokenizer

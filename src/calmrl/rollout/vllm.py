@@ -327,12 +327,3 @@ class VLLMGenerator:
                 self.engine.generate(ids[start : start + self.batch_size], self.temperature, self.max_new_tokens)
             )
         return out
-
-
-def build_vllm_generators(cfg, model_path: str | Path, tokenizer) -> tuple[VLLMEngine, VLLMGenerator, VLLMGenerator]:
-    """The engine and the trainer's two generators over it: sampling (rollout.temperature), eval (eval_temperature)."""
-    r = cfg.rollout
-    engine = VLLMEngine.from_config(r, cfg.policy, model_path, tokenizer, seed=cfg.seed)
-    sample = VLLMGenerator(engine, tokenizer, r.max_new_tokens, r.temperature, r.generation_batch_size)
-    greedy = VLLMGenerator(engine, tokenizer, r.max_new_tokens, r.eval_temperature, r.generation_batch_size)
-    return engine, sample, greedy
