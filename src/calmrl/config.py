@@ -569,12 +569,12 @@ def _validate_scaleout(cfg: DictConfig, method) -> None:
 
 
 def _validate_deepspeed_learner(cfg: DictConfig, method) -> None:
-    """learner=deepspeed trains on rollouts (the preference loop has its own learner), and as one rank
+    """learner=deepspeed trains every algo (the preference algos as one rank only), and as one rank
     (cluster=local) it has no other rank to shard the weights across."""
     require(
-        not method.offline,
-        f"algo={cfg.algo.name} trains on offline preference data, which learner=deepspeed does not support yet; "
-        "use learner=torch",
+        not method.offline or cfg.cluster.name == "local",
+        f"algo={cfg.algo.name} trains on offline preference data, which cluster=ray does not support yet; use "
+        "cluster=local (learner=deepspeed runs it as one rank)",
     )
     z = cfg.learner.zero_stage
     require(

@@ -277,8 +277,8 @@ class PreferenceTrainer:
     checkpoints, resume=auto, logger and learner; `calmrl.loops.build_trainer` picks it for algo=dpo / dpo_treg."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
+        from calmrl.learners.build import build_local_learner
         from calmrl.learners.checkpoint import restore_rng
-        from calmrl.learners.torch import TorchLearner
         from calmrl.policy import load_policy
         from calmrl.runs import start_run
 
@@ -326,7 +326,7 @@ class PreferenceTrainer:
         self.ref_train = _slice_cache(ref, 0, n)
         self.ref_held = _slice_cache(ref, n, len(all_pairs))
 
-        self.learner = TorchLearner(self.model, cfg.algo, cfg.learner)
+        self.learner, self.checkpoints = build_local_learner(cfg, self.model, self.resume_from, self.checkpoints)
         self.start_iter = 0
         self.state: dict = {}
         if self.resume_from is not None:
@@ -369,7 +369,7 @@ class PreferenceTrainer:
         from calmrl.learners.torch import token_logprobs
 
         ids, attn, mask, ref_seq, rewards = self._rows(data, ref, idx)
-        logp = token_logprobs(self.model, ids, attn)
+        logp = token_logprobs(self.learner.train_module, ids, attn)
         return self.pair_loss(logp, mask, ref_seq, rewards, self.cfg.algo)
 
     def _micro(self, idx: list[int]) -> list[list[int]]:

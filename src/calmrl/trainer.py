@@ -26,9 +26,9 @@ from calmrl.algos.segments import group_index
 from calmrl.data import apply_penalty_rule, build_batch, fold_shaping, penalty_rule
 from calmrl.envs import make_env, make_pool
 from calmrl.errors import ConfigError
-from calmrl.learners.checkpoint import LearnerStateCheckpoints, restore_rng
+from calmrl.learners.build import build_local_learner
+from calmrl.learners.checkpoint import restore_rng
 from calmrl.learners.critic import ValueModel
-from calmrl.learners.torch import TorchLearner
 from calmrl.logging import MetricsLogger
 from calmrl.policy import PromptTemplate, build_tiny_policy, load_policy
 from calmrl.policy.loading import DTYPES
@@ -109,32 +109,16 @@ class Trainer:
 
     def build_learner(self, base_path: Path):
         """The policy role in this process, with the reference (a KL term, or a method that reads ref_logprobs) and
-        critic roles it hosts: TorchLearner (learner=torch), or DeepSpeed as one rank (learner=deepspeed; it wraps
-        self.model, restores a checkpoint's `deepspeed/` state, and its checkpoints carry that state too).
-        RayTrainer overrides this: its learner ranks are Ray actors, which load their own."""
+        critic roles it hosts (`calmrl.learners.build`). RayTrainer overrides this: its learner ranks are Ray actors,
+        which load their own."""
         cfg = self.cfg
-        state_dir = self.resume_from.path / LearnerStateCheckpoints.STATE_DIR if self.resume_from else None
-        # a checkpoint's optimizer state is in one learner's format: resuming with the other would restart it
-        if state_dir is not None and state_dir.is_dir() != (cfg.learner.name == "deepspeed"):
-            written_by = "learner=deepspeed" if state_dir.is_dir() else "learner=torch"
-            raise ConfigError(
-                f"{self.resume_from.path} was written by {written_by}: resume it with {written_by}, or pass "
-                "run_name=<new> for a fresh run (nothing was overwritten)"
-            )
         ref_model = None
         if cfg.algo.kl_coef > 0 or self.method.needs_ref:
             ref_model, _ = load_policy(base_path, cfg.policy.dtype, cfg.policy.trust_remote_code, self.device)
             ref_model.eval().requires_grad_(False)
         critic = self._build_critic(base_path) if self.method.needs_critic else None
-        if cfg.learner.name != "deepspeed":
-            return TorchLearner(self.model, cfg.algo, cfg.learner, ref_model=ref_model, critic=critic)
-        from calmrl.learners.deepspeed import single_rank_learner
-
-        learner = single_rank_learner(
-            self.model, cfg.algo, cfg.learner, ref_model=ref_model, critic=critic, state_dir=state_dir
-        )
-        self.checkpoints = LearnerStateCheckpoints(
-            self.checkpoints.directory, cfg.trainer.keep_last, learner.save_state
+        learner, self.checkpoints = build_local_learner(
+            cfg, self.model, self.resume_from, self.checkpoints, ref_model=ref_model, critic=critic
         )
         return learner
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
 from conftest import FAST, calmrl
 
 from calmrl.envs.gridworld import GridWorld
@@ -111,3 +112,29 @@ def test_preference_algo_without_data_fails_early(workdir):
     assert proc.returncode == 2 and "set data=" in proc.stderr
     proc = calmrl("train", "algo=grpo", "data=x.jsonl", *TINY, cwd=workdir, check=False)
     assert proc.returncode == 2 and "read only by the preference algos" in proc.stderr
+
+
+def test_dpo_and_dpo_treg_on_deepspeed_in_one_process_match_torch_and_resume(workdir):
+    """learner=deepspeed (one rank in the trainer's process) for the preference algos: its first step gives
+    learner=torch's loss, and a resumed run continues from DeepSpeed's own checkpoint state."""
+    write_gridworld_pairs(workdir / "pairs.jsonl", seeds=range(8))
+    base = ["data=pairs.jsonl", "trainer.eval_every=0", "trainer.checkpoint_every=1", "cluster.num_threads=1", *TINY]
+    sweep = ["-m", "algo=dpo,dpo_treg"]
+    calmrl("train", *sweep, *base, "trainer.total_iters=1", "hydra.sweep.dir=runs/torch", cwd=workdir)
+    calmrl("train", *sweep, *base, "learner=deepspeed", "trainer.total_iters=1", "hydra.sweep.dir=runs/ds", cwd=workdir)
+    for algo in ("dpo", "dpo_treg"):
+        (job,) = (workdir / "runs" / "ds").glob(f"*-{algo}-*")
+        ((ds,),) = [metrics(job)]
+        ((ref,),) = [metrics(workdir / "runs" / "torch" / job.name)]
+        trained = [k for k in ref if k.startswith(("loss/", "reward/"))]
+        assert "loss/dpo" in trained and sorted(trained) == sorted(k for k in ds if k.startswith(("loss/", "reward/")))
+        for key in trained:
+            assert ds[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), (algo, key)
+        assert ds["loss/optimizer_steps"] == 1
+        assert list(job.glob("checkpoints/step_*/deepspeed/state")), algo
+    proc = calmrl(
+        "train", *sweep, *base, "learner=deepspeed", "trainer.total_iters=2", "hydra.sweep.dir=runs/ds", cwd=workdir
+    )
+    assert proc.stdout.count("from iteration 1") == 2, proc.stdout[-2000:]
+    for job in (workdir / "runs" / "ds").glob("*-dpo*"):
+        assert [r["iter"] for r in metrics(job)] == [1, 2], job.name

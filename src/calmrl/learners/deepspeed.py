@@ -288,6 +288,42 @@ class DeepSpeedLearner:
         dist.all_reduce(sums)
         return {**{name: float(sums[i]) for i, name in enumerate(names)}, grad_norm_key: grad_norm}
 
+    def step_on_losses(self, micro_losses) -> dict[str, float] | None:
+        """One policy optimizer step on losses computed outside the learner through `train_module` (the offline
+        preference losses of `calmrl.preference`), as TorchLearner.step_on_losses: `micro_losses` yields
+        (loss, metrics) per micro-batch, each loss already its share of the minibatch loss, and the same number of
+        micro-batches on every rank (each rank's rows are its share; metrics are summed over micro-batches and
+        ranks). A non-finite loss on any rank, or a non-finite gradient norm, skips the step (returns None)."""
+        import torch.distributed as dist
+
+        self.engine.train()
+        self.engine.zero_grad()
+        sums: dict[str, float] = {}
+        for loss, metrics in micro_losses:
+            bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0])
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # every rank must take the same branch
+            if bad.item() > 0:
+                self.engine.zero_grad()
+                return None
+            # DeepSpeed averages gradients over ranks; x world makes the result the sum of the ranks' shares
+            self.engine.backward(loss * self.world, scale_wrt_gas=False)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+        self.engine.step()
+        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        if not math.isfinite(grad_norm):
+            return None
+        names = sorted(sums)
+        reduced = torch.tensor([sums[k] for k in names], dtype=torch.float64)
+        dist.all_reduce(reduced)
+        return {**{k: float(reduced[i]) for i, k in enumerate(names)}, "loss/grad_norm": grad_norm}
+
+    @property
+    def train_module(self):
+        """What a loss computed outside the learner runs its forward through (the DeepSpeed engine)."""
+        return self.engine
+
     # ------------------------------------------------------------------ weights and checkpoints
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """The policy's full (unpartitioned) weights as CPU tensors on rank 0, None on the others. Under ZeRO-3 the

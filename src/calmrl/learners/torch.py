@@ -256,6 +256,11 @@ class TorchLearner:
             return None
         return {"critic/value_loss": total, "critic/grad_norm": grad_norm}
 
+    @property
+    def train_module(self):
+        """What a loss computed outside the learner (`step_on_losses`) runs its forward through: the policy."""
+        return self.model
+
     def step_on_losses(self, micro_losses) -> dict[str, float] | None:
         """One policy optimizer step on losses computed outside the learner (the offline preference losses of
         `calmrl.preference`). `micro_losses` yields (loss, metrics) per micro-batch, each loss already its share of
