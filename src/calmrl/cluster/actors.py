@@ -112,6 +112,7 @@ class LearnerActor:
 
 class RolloutWorker:
     def __init__(self, index: int, cfg: dict, policy_path: str, num_envs: int, num_threads: int | None):
+        from calmrl.algos import ALGOS
         from calmrl.envs import make_pool
         from calmrl.policy import PromptTemplate, load_policy, load_tokenizer
         from calmrl.rollout.generators import build_generators
@@ -135,6 +136,7 @@ class RolloutWorker:
         )
         self.template = PromptTemplate(tokenizer=self.tokenizer, **policy.template)
         self.envs = make_pool(self.cfg["env"], num_envs)
+        self.program = ALGOS.get(self.cfg["algo"].name).rollout  # the method's own episode program, if any
 
     def ping(self) -> int:
         return self.index
@@ -155,9 +157,9 @@ class RolloutWorker:
         return time.perf_counter() - t0
 
     def rollout(self, seeds: list[int], uids: list[int], rng_state: torch.Tensor | None, seed: int | None):
-        """Play one episode per seed, with the method's episode program. The torch RNG (sampling) starts from `rng_state` (the driver's, so one
-        worker draws exactly what the local trainer would) or from `seed`; its end state is returned."""
-        from calmrl.algos import ALGOS
+        """Play one episode per seed, with the method's episode program. The torch RNG (sampling) starts from
+        `rng_state` (the driver's, so one worker draws exactly what the local trainer would) or from `seed`; its
+        end state is returned."""
         from calmrl.rollout import play_episodes
 
         if rng_state is not None:
@@ -166,7 +168,7 @@ class RolloutWorker:
             torch.manual_seed(int(seed))
         timings = {"generate": 0.0, "env": 0.0}
         trajs = play_episodes(
-            ALGOS.get(self.cfg["algo"].name).rollout,
+            self.program,
             self.envs,
             seeds=seeds,
             uids=uids,

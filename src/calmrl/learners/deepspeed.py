@@ -189,11 +189,9 @@ class DeepSpeedLearner:
         share = torch.zeros(per_rank, width, device=self.device)
         for rows, weight in self._micro_batches_of_my_share(n):
             ids, attn, mask = self._rows(batch, rows)
-            if weight == 0.0:  # no rows left for this rank: the forward only keeps ZeRO-3's gathers in step
-                model(ids, attn) if values else token_logprobs(model, ids, attn)
-                continue
             per_token = model(ids, attn) if values else token_logprobs(model, ids, attn)
-            share[rows - self.rank * per_rank, : ids.shape[1]] = per_token.float() * mask
+            if weight:  # (a zero-weight row: this rank's share ran out, its forward keeps ZeRO-3's gathers in step)
+                share[rows - self.rank * per_rank, : ids.shape[1]] = per_token.float() * mask
         shares = [torch.empty_like(share) for _ in range(self.world)]
         dist.all_gather(shares, share)
         return torch.cat(shares)[:n].cpu().to(batch.response_mask.dtype)
