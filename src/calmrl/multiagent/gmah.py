@@ -43,6 +43,15 @@ class GMAHAgent:
         return {"high_buffer": self.high_buffer, "low_buffer": self.low_buffer}
 
     # ---------------------------------------------------------------- acting
+    def collect(self, env: MultiGrid, seed: int, it: int) -> dict[str, float]:
+        """Iteration `it`'s training episodes, epsilon-greedy at the schedule's epsilon, into the replay buffers."""
+        eps = self.epsilon(it)
+        return {**self.play(env, seed, eps=eps, learn=True), "epsilon": eps}
+
+    def evaluate(self, env: MultiGrid, seed: int) -> dict[str, float]:
+        """Greedy episodes (epsilon 0), nothing stored."""
+        return self.play(env, seed, eps=0.0, learn=False)
+
     def epsilon(self, it: int) -> float:
         frac = min(it / max(self.cfg.eps_decay_iters, 1), 1.0)
         return self.cfg.eps_start + frac * (self.cfg.eps_end - self.cfg.eps_start)

@@ -50,6 +50,14 @@ class IPPOAgent:
     def buffers(self) -> dict:
         return {}  # on-policy: nothing carries over between iterations
 
+    def collect(self, env: MultiGrid, seed: int, it: int) -> dict[str, float]:
+        """Iteration `it`'s training episodes, sampled from the policies, kept for the next `update`."""
+        return self.play(env, seed, greedy=False, learn=True)
+
+    def evaluate(self, env: MultiGrid, seed: int) -> dict[str, float]:
+        """Greedy episodes (each agent's most likely action), nothing kept."""
+        return self.play(env, seed, greedy=True, learn=False)
+
     @torch.no_grad()
     def play(self, env: MultiGrid, seed: int, greedy: bool, learn: bool) -> dict[str, float]:
         env.reset(seed)

@@ -93,21 +93,13 @@ class MultiAgentTrainer:
             self.start_iter, self.state = latest.step, dict(latest.trainer_state)
 
     def evaluate(self) -> dict[str, float]:
-        cfg = self.cfg
-        if cfg.algo.name == "gmah":
-            return self.agent.play(self.eval_env, cfg.env.eval_seed_offset, eps=0.0, learn=False)
-        return self.agent.play(self.eval_env, cfg.env.eval_seed_offset, greedy=True, learn=False)
+        return self.agent.evaluate(self.eval_env, self.cfg.env.eval_seed_offset)
 
     def iteration(self, it: int) -> dict[str, float]:
         cfg = self.cfg
         seed = _train_seed(cfg.seed, it, cfg.env.eval_seed_offset)
         t0 = time.perf_counter()
-        if cfg.algo.name == "gmah":
-            eps = self.agent.epsilon(it)
-            stats = self.agent.play(self.env, seed, eps=eps, learn=True)
-            stats["epsilon"] = eps
-        else:
-            stats = self.agent.play(self.env, seed, greedy=False, learn=True)
+        stats = self.agent.collect(self.env, seed, it)
         t1 = time.perf_counter()
         losses = self.agent.update()
         t2 = time.perf_counter()
