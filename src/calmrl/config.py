@@ -1,24 +1,20 @@
-"""Structured-config schemas: every config group option extends one of these dataclasses.
+"""The config contract: the group schemas (`calmrl.schemas`) registered with Hydra, and the checks across groups.
 
-Hydra checks types and enum choices while composing (so `algo.lr=abc` or `algo.norm_adv=foo` fails
-before anything heavy is imported); `validate` then checks ranges and cross-group compatibility.
-Each yaml in `conf/<group>/` starts with `defaults: [/schema/<group>/<schema>@_here_, _self_]`.
+Every config group option extends one of the schema dataclasses: Hydra checks types and enum choices while
+composing (so `algo.lr=abc` or `algo.norm_adv=foo` fails before anything heavy is imported); `validate` then
+checks ranges and cross-group compatibility. Each yaml in `conf/<group>/` starts with
+`defaults: [/schema/<group>/<schema>@_here_, _self_]`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import DictConfig
 
 from calmrl.errors import ConfigError, require
 from calmrl.schemas.algo import (
-    TREG_BETTER,
-    TREG_WORSE,
     AlgoConfig,
     ArcherConfig,
     BRPOConfig,
@@ -37,308 +33,31 @@ from calmrl.schemas.algo import (
 )
 from calmrl.schemas.bounds import check_bounds
 from calmrl.schemas.cluster import ClusterConfig, RayClusterConfig
-from calmrl.schemas.common import Device, DType
-from calmrl.schemas.judge import JudgeBackend, JudgeConfig, validate_judge
+from calmrl.schemas.decode import DecodeConfig, ImplicitQBeamConfig
+from calmrl.schemas.env import (
+    AlfWorldConfig,
+    DialogueGameConfig,
+    EnvConfig,
+    GridWorldConfig,
+    MathConfig,
+    MiniHackConfig,
+    MultiGridConfig,
+    MultiTurnInstructConfig,
+    WebShopConfig,
+)
+from calmrl.schemas.judge import validate_judge
 from calmrl.schemas.learner import DeepSpeedLearnerConfig, LearnerConfig
 from calmrl.schemas.logger import LoggerConfig
+from calmrl.schemas.policy import PolicyConfig, TinyPolicyConfig
 from calmrl.schemas.rollout import RolloutConfig, VLLMRolloutConfig
-
-
-class PromptFormat(StrEnum):
-    plain = "plain"  # the first line of the response is the action
-    tagged = "tagged"  # <think>...</think><action>...</action>
-
-
-class EnvPoolKind(StrEnum):
-    inline = "inline"  # envs in the training process; exceptions are caught per env
-    process = "process"  # one worker process per env, stepped in parallel, with a per-call timeout
-
-
-class Resume(StrEnum):
-    auto = "auto"  # continue from the newest valid checkpoint of the run directory, if any
-    never = "never"  # start fresh; refuse to overwrite a run directory that holds checkpoints
-
-
-# ---------------------------------------------------------------- env
-@dataclass
-class EnvConfig:
-    name: str = MISSING
-    max_steps: int = 12  # turns per episode
-    invalid_penalty: float = 0.1  # subtracted from a step's reward when its action is invalid
-    eval_episodes: int = 64  # held-out episodes per greedy evaluation
-    eval_seed_offset: int = 1_000_000_000  # eval seeds start here; training seeds stay below it
-    pool: EnvPoolKind = EnvPoolKind.inline
-    timeout_s: float = 60.0  # process pool: a reset/step slower than this ends that trajectory
-
-
-@dataclass
-class GridWorldConfig(EnvConfig):
-    size: int = 5
-    walls: int = 3
-    key: bool = False
-    distances: bool = False  # "goal 2 north" (true) or "goal north" (false)
-    walls_text: bool = False  # also name the blocked directions ("wall east .")
-
-
-class WebShopReward(StrEnum):
-    success = "success"  # success_reward for a purchase scoring 1.0, else 0 (verl-agent / GiGPO)
-    score = "score"  # the official purchase score in [0, 1]
-
-
-@dataclass
-class WebShopConfig(EnvConfig):
-    data_dir: str | None = None  # the folder with the official WebShop data files (docs/envs/webshop.md)
-    products_file: str = "items_shuffle_1000.json"
-    attributes_file: str = "items_ins_v2_1000.json"
-    human_goals: bool = True  # human instructions (items_human_ins.json), else synthetic goals
-    human_goals_file: str = "items_human_ins.json"
-    reviews_file: str | None = "reviews.json"  # optional: shown on the Reviews page when present
-    num_products: int | None = None  # only the first N products (the files are pre-shuffled)
-    eval_goals: int = 500  # goals[:eval_goals] are held out (the official test split), the rest train
-    reward: WebShopReward = WebShopReward.success
-    success_reward: float = 10.0
-    spacy_model: str | None = None  # e.g. en_core_web_lg: the official noun parse for the type reward
-
-
-class OracleKind(StrEnum):
-    rule = "rule"  # answers from the word list's attributes and facts (rapidfuzz matching)
-    judge = "judge"  # an LLM oracle on the judge backends: env.judge, env.oracle_prompt (envs/oracles.py)
-
-
-@dataclass
-class MathConfig(EnvConfig):
-    max_steps: int = 1  # single-turn: the whole response is the one step
-    data_path: str | None = None  # JSONL, GSM8K (question, answer '#### 42') or MATH (problem, solution \boxed{})
-    eval_data_path: str | None = None  # held-out problems; None = data_path
-
-
-@dataclass
-class DialogueGameConfig(EnvConfig):
-    max_steps: int = 20  # ArCHer: at most 20 questions
-    words_path: str | None = None  # word list (.json with attributes, or .txt); None = the packaged one
-    oracle: OracleKind = OracleKind.rule
-    match_threshold: float = 85.0  # rule oracle: rapidfuzz score (0-100) a question must reach to match
-    guess_threshold: float = 90.0  # rapidfuzz score that counts a misspelt word as a guess
-    # oracle=judge: the judge (backend hf | openai; cache_path None = ~/.cache/calmrl/judge_cache.sqlite) and
-    # its prompt, fields {word} {category} {question}; None = the game's template (envs/oracles.py)
-    judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(backend=JudgeBackend.openai))
-    oracle_prompt: str | None = None
-
-
-@dataclass
-class MultiTurnInstructConfig(EnvConfig):
-    max_steps: int = 50  # assistant turns per conversation before truncation
-    data_path: str | None = None  # the benchmark's dataset.json (task -> conversation id -> turns)
-    eval_data_path: str | None = None  # None = data_path
-    categories: list[str] | None = None  # only these tasks (e.g. [memorization]); None = all nine
-    ground_truth_context: bool = False  # earlier assistant turns show the reference, not the model's reply
-    turn_window: int | None = None  # keep only the last N turns of context; None = the whole conversation
-    success_threshold: float = 0.5  # an episode succeeds when its mean turn score reaches this
-
-
-class AlfWorldSplit(StrEnum):
-    train = "train"  # 3553 games
-    valid_seen = "valid_seen"  # in-distribution evaluation (140 games; verl-agent's default eval set)
-    valid_unseen = "valid_unseen"  # out-of-distribution evaluation (134 games)
-
-
-@dataclass
-class AlfWorldConfig(EnvConfig):
-    max_steps: int = 50
-    data_path: str | None = None  # the json_2.1.1 folder of alfworld-download; None = $ALFWORLD_DATA/json_2.1.1
-    split: AlfWorldSplit = AlfWorldSplit.train  # games of the training seeds
-    eval_split: AlfWorldSplit = AlfWorldSplit.valid_seen  # games of the evaluation seeds (>= eval_seed_offset)
-    task_types: list[str] | None = None  # only these of the six task types; None = all six
-    success_reward: float = 10.0  # paid when the goal holds (verl-agent / GiGPO: 10)
-
-
-@dataclass
-class MiniHackConfig(EnvConfig):
-    max_steps: int = 100
-    task: str = "MiniHack-KeyRoom-S5-v0"  # any registered MiniHack gym id
-    crop_size: int = 9  # side of the glyph crop around the agent (MiniHack's obs_crop_h = obs_crop_w)
-    reward_win: float = 1.0  # MiniHack's reward for reaching the goal
-    penalty_step: float = 0.0  # MiniHack's reward for a step that costs no game time (e.g. a bumped wall)
-    # NetHack reads the system clock at start (full/new moon, Friday 13th, night, midnight change the game);
-    # False = NLE's fix_moon_phase: those come from the seed, so a seed names one game on any date
-    real_clock: bool = False
-
-
-# ---------------------------------------------------------------- policy
-@dataclass
-class TemplateConfig:
-    format: PromptFormat = PromptFormat.plain
-    history_len: int = 2  # past (observation, action) pairs shown in the prompt
-    chat: bool = False  # wrap the prompt in the tokenizer's chat template
-
-
-@dataclass
-class PolicyConfig:
-    name: str = MISSING
-    path: str | None = None  # a save_pretrained directory (config.json + safetensors + tokenizer)
-    dtype: DType = DType.float32
-    trust_remote_code: bool = False
-    max_new_tokens: int = 256  # response budget per turn
-    template: TemplateConfig = field(default_factory=TemplateConfig)
-
-
-@dataclass
-class TinyPolicyConfig(PolicyConfig):
-    hidden_size: int = 64
-    intermediate_size: int = 256
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    init_seed: int = 0
-
-
-# ---------------------------------------------------------------- shaper
-@dataclass
-class ShaperConfig:
-    name: str = "none"
-
-
-@dataclass
-class PRMConfig:
-    path: str | None = None  # a PRM save_pretrained directory; None = the rule-based arithmetic verifier
-    correct_label: int = 1  # token-classification label id of "step correct" (PURE's PRM: 1)
-    wrong_label: int = 0  # label id of "step wrong" (PURE's PRM: 0); step reward = p(correct) - p(wrong)
-    step_separator: str = "\n"  # appended after each step in the PRM input; the reward is read at its last token
-    max_length: int = 4096  # PRM input tokens (question + steps); longer inputs keep the question and cut steps
-    batch_size: int = 16  # PRM forward passes per batch
-    dtype: DType = DType.float32
-    trust_remote_code: bool = False
-    neutral_reward: float = 0.0  # rule-based verifier: reward of a step with no checkable "a op b = c" claim
-
-
-@dataclass
-class PRMMinFormConfig(ShaperConfig):
-    temperature: float = 0.1  # T of w = softmax(-r / T); .inf gives uniform weights (the sum form / K)
-    prm: PRMConfig = field(default_factory=PRMConfig)
-
-
-@dataclass
-class CalmPrompts:
-    decompose: str = MISSING  # fields: {task}
-    achieved: str = MISSING  # fields: {task} {subgoals} {obs_before} {action} {obs_after}
-
-
-@dataclass
-class CalmConfig(ShaperConfig):
-    bonus: float = 0.2  # lambda: reward for each subgoal achieved, at most once per episode
-    max_subgoals: int = 8  # subgoals kept from a decomposition
-    skip_unchanged: bool = True  # a transition whose observation did not change achieved nothing; not judged
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
-    prompts: CalmPrompts = field(default_factory=CalmPrompts)
-
-
-# ---------------------------------------------------------------- preference (dpo, dpo_treg), implicit-Q, T-REG
-@dataclass
-class ImplicitQShaperConfig(ShaperConfig):
-    policy_path: str | None = None  # the DPO-trained policy (a save_pretrained directory); required
-    ref_path: str | None = None  # its reference; None = the run's initial policy
-    beta: float = 0.1  # r_t = beta * (log pi - log pi_ref)
-    micro_batch_size: int = 32  # rows per scoring forward pass
-
-
-@dataclass
-class TRegShaperConfig(ShaperConfig):
-    ref_path: str | None = None  # the model prompted contrastively; None = the run's initial policy
-    scale: float = 1.0  # token reward = scale * (sigma(log pi_ref(.|x_better) - log pi_ref(.|x_worse)) - 0.5)
-    better_template: str = TREG_BETTER
-    worse_template: str = TREG_WORSE
-    micro_batch_size: int = 32
-
-
-@dataclass
-class DecodeConfig:
-    name: str = "sample"  # the rollout's generator at rollout.eval_temperature (0 = greedy)
-
-
-@dataclass
-class ImplicitQBeamConfig(DecodeConfig):
-    beam_width: int = 4  # beams kept per prompt; each expands to its policy's top `beam_width` tokens
-    beta: float = 0.1  # score = sum_t beta * (log pi - log pi_ref); beta scales but never reorders it
-    ref_path: str | None = None  # the DPO reference; None = the evaluated run's initial policy
-
-
-# ---------------------------------------------------------------- top level
-@dataclass
-class TrainerConfig:
-    total_iters: int = 200
-    eval_every: int = 10  # greedy evaluation on held-out seeds every N iterations (0 = only start/end)
-    checkpoint_every: int = 5
-    keep_last: int = 2
-    drop_env_errors: bool = True  # leave trajectories whose env crashed out of the update
-
-
-@dataclass
-class TrainConfig:
-    env: Any = MISSING
-    policy: Any = MISSING
-    shaper: Any = MISSING
-    algo: Any = MISSING
-    rollout: Any = MISSING
-    learner: Any = MISSING
-    cluster: Any = MISSING
-    logger: Any = MISSING
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    seed: int = 0
-    run_name: str = MISSING
-    resume: Resume = Resume.auto
-    device: Device = Device.auto
-    data: str | None = None  # preference pairs for algo=dpo / dpo_treg: JSONL, parquet, or a `datasets` directory
-
-
-@dataclass
-class EvalConfig:
-    env: Any = MISSING
-    policy: Any = MISSING
-    rollout: Any = MISSING
-    cluster: Any = MISSING
-    checkpoint: str | None = None  # a run directory, its checkpoints/ folder, or one step_XXXXXXXX directory
-    seed: int = 0
-    device: Device = Device.auto
-    decode: Any = field(default_factory=lambda: {"name": "sample"})  # the `decode` group: sample | implicit_q_beam
-
-
-@dataclass
-class CompareConfig:
-    runs: list[str] = field(default_factory=list)  # run directories, or sweep directories searched for runs
-    metrics: list[str] = field(default_factory=lambda: ["eval/success_rate", "rollout/success_rate"])
-    group_by: str = "algo.name"  # any dotted key of the runs' .hydra/config.yaml
-    x: str = "env_steps"  # env_steps (cumulative perf/steps) | iter
-    out: str | None = None  # output directory; None = the Hydra run directory (runs/compare/<time>)
-    smooth: int = 1  # trailing moving-average window over each run's points (1 = none)
-
-
-@dataclass
-class EvalCreditConfig:
-    env: Any = MISSING  # the oracle judge reads this env's rules
-    shaper: Any = MISSING  # the calm shaper config: its judge and prompt templates
-    demos: str = MISSING  # annotated demonstrations, JSONL (docs/judges.md)
-    decompose: bool = False  # ask the judge for the subgoals too (default: the demos' annotated subgoals)
-    out: str | None = None  # report directory; None = the Hydra run directory
-
-
-@dataclass
-class InspectConfig(EvalConfig):
-    estimators: list[str] = field(default_factory=lambda: ["grpo", "rloo", "gigpo"])
-    group_size: int = 8  # trajectories in the inspected group
-    task_seed: int | None = None  # the group's task seed; None = env.eval_seed_offset (a held-out task)
-    algo_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. +algo_overrides.gigpo.omega=0.5
-
-
-# ---------------------------------------------------------------- multi-agent (algo=gmah|ippo, env=multigrid)
-@dataclass
-class MultiGridConfig(EnvConfig):
-    size: int = 5
-    agents: int = 2
-    dirt: int = 4  # dirty cells to clean
-    max_steps: int = 30
-    step_cost: float = 0.01  # subtracted from the team reward every turn
-    eval_episodes: int = 256
-
+from calmrl.schemas.run import CompareConfig, EvalConfig, EvalCreditConfig, InspectConfig, TrainConfig
+from calmrl.schemas.shaper import (
+    CalmConfig,
+    ImplicitQShaperConfig,
+    PRMMinFormConfig,
+    ShaperConfig,
+    TRegShaperConfig,
+)
 
 SCHEMAS: dict[str, dict[str, type]] = {
     "env": {

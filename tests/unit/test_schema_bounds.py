@@ -56,8 +56,8 @@ def _just_outside(b: Bounds, integer: bool):
     return b.le + step if b.le is not None else b.lt
 
 
-#: the groups whose schemas have moved to calmrl/schemas/ with their ranges; the others still live in config.py
-GROUPS = ("algo", "rollout", "learner", "cluster", "logger")
+#: the `calmrl train` groups (their schemas live in calmrl/schemas/; decode is `calmrl eval`'s)
+GROUPS = ("algo", "rollout", "learner", "cluster", "logger", "env", "policy", "shaper")
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((Path(CONFIG_DIR) / g).glob("*.yaml"))]
 
 

@@ -1,3 +1,4 @@
 """Config schemas by group, each a small module that imports no torch (so a config error shows in under a
-second). `calmrl.config` registers them with Hydra and holds the cross-group checks; groups move here one by one
-(issue 17): so far the enums several groups share and the judge (`env.judge`, `shaper.judge`)."""
+second), with ranges next to the fields (`bounds.bounded`): env, policy, shaper, algo, rollout, learner, cluster,
+logger, decode, the shared judge, and each command's top level (`run`). `calmrl.config` registers them with Hydra
+and holds the cross-group checks."""
