@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from calmrl.algos import ALGOS
 from calmrl.algos.dpo import treg_prompts, treg_token_rewards
@@ -408,70 +408,50 @@ class PreferenceTrainer:
         self.model.train()
         return sums
 
+    # ---------------------------------------------------------------- the schedule's hooks (calmrl.schedule)
     def run(self) -> dict:
-        from calmrl.logging import MetricsLogger
+        from calmrl.schedule import run_schedule
 
-        cfg = self.cfg
-        total = cfg.trainer.total_iters
-        resume_step = self.resume_from.step if self.resume_from else None
-        full_config = OmegaConf.to_container(cfg, resolve=True)
-        logger = MetricsLogger(cfg.logger, self.run_dir, total, self.start_iter, resume_step, full_config)
-        try:
-            for m in self.messages:
-                logger.message(m)
-            logger.message(
-                f"{cfg.algo.name}: {len(self.train_pairs)} training pairs, {len(self.held_pairs)} held out; "
-                f"{cfg.algo.minibatch_size} pairs per step"
+        return run_schedule(self)
+
+    def startup_messages(self) -> list[str]:
+        return [
+            *self.messages,
+            f"{self.cfg.algo.name}: {len(self.train_pairs)} training pairs, {len(self.held_pairs)} held out; "
+            f"{self.cfg.algo.minibatch_size} pairs per step",
+        ]
+
+    def evaluation(self) -> dict:
+        return self.evaluate()
+
+    def describe_initial(self, evaluation: dict) -> None:
+        return None  # the summary reports the held-out margin before and after
+
+    def eval_metrics(self, evaluation: dict) -> dict[str, float]:
+        return evaluation  # already `eval/...`
+
+    def save_checkpoint(self, it: int) -> None:
+        self.checkpoints.save(it, self.model, self.tokenizer, self.learner.optimizer_state(), trainer_state=self.state)
+
+    def summarize(self, initial: dict, final: dict) -> tuple[dict, str]:
+        summary = {
+            "initial_reward_margin": initial.get("eval/reward_margin"),
+            "final_reward_margin": final.get("eval/reward_margin"),
+            "initial_reward_accuracy": initial.get("eval/reward_accuracy"),
+            "final_reward_accuracy": final.get("eval/reward_accuracy"),
+            "final_success_rate": None,  # no environment: `calmrl train` returns this to sweepers
+            "iterations": self.cfg.trainer.total_iters,
+            "metrics_file": str(self.run_dir / "metrics.jsonl"),
+            "checkpoint_dir": str(self.checkpoints.directory),
+        }
+        message = f"metrics: {summary['metrics_file']}\ncheckpoints: {summary['checkpoint_dir']}"
+        if self.held_pairs and final:
+            message = (
+                f"\n[bold]held-out implicit reward on {len(self.held_pairs)} pairs: margin "
+                f"{summary['initial_reward_margin']:+.4f} -> {summary['final_reward_margin']:+.4f}, accuracy "
+                f"{summary['initial_reward_accuracy']:.3f} -> {summary['final_reward_accuracy']:.3f}[/bold]\n" + message
             )
-            if self.resume_from is not None:
-                logger.message(
-                    f"resuming {self.run_dir} from iteration {self.start_iter} ({self.resume_from.path.name})"
-                )
-            if "initial_eval" not in self.state:
-                self.state["initial_eval"] = self.evaluate()
-            last_eval = None
-            for it in range(self.start_iter + 1, total + 1):
-                t_start = time.perf_counter()
-                metrics = self.train_iteration(it)
-                if metrics["loss/skipped_steps"]:
-                    logger.message(f"[yellow]iteration {it}: skipped a step with a non-finite loss or gradient norm")
-                if it == total or (cfg.trainer.eval_every and it % cfg.trainer.eval_every == 0):
-                    t_eval = time.perf_counter()
-                    last_eval = self.evaluate()
-                    metrics.update(last_eval)
-                    metrics["perf/eval_s"] = time.perf_counter() - t_eval
-                if it == total or it % cfg.trainer.checkpoint_every == 0:
-                    t_ckpt = time.perf_counter()
-                    if last_eval is not None:
-                        self.state["last_eval"] = last_eval
-                    self.checkpoints.save(
-                        it, self.model, self.tokenizer, self.learner.optimizer_state(), trainer_state=self.state
-                    )
-                    metrics["perf/checkpoint_s"] = time.perf_counter() - t_ckpt
-                metrics["perf/iter_s"] = time.perf_counter() - t_start
-                logger.log(it, metrics)
-            initial = self.state["initial_eval"]
-            final = last_eval if last_eval is not None else self.state.get("last_eval", {})
-            summary = {
-                "initial_reward_margin": initial.get("eval/reward_margin"),
-                "final_reward_margin": final.get("eval/reward_margin"),
-                "initial_reward_accuracy": initial.get("eval/reward_accuracy"),
-                "final_reward_accuracy": final.get("eval/reward_accuracy"),
-                "final_success_rate": None,  # no environment: `calmrl train` returns this to sweepers
-                "iterations": total,
-                "metrics_file": str(self.run_dir / "metrics.jsonl"),
-                "checkpoint_dir": str(self.checkpoints.directory),
-            }
-            if self.held_pairs and final:
-                logger.message(
-                    f"\n[bold]held-out implicit reward on {len(self.held_pairs)} pairs: margin "
-                    f"{summary['initial_reward_margin']:+.4f} -> {summary['final_reward_margin']:+.4f}, accuracy "
-                    f"{summary['initial_reward_accuracy']:.3f} -> {summary['final_reward_accuracy']:.3f}[/bold]"
-                )
-            logger.message(f"metrics: {summary['metrics_file']}\ncheckpoints: {summary['checkpoint_dir']}")
-            return summary
-        finally:
-            logger.close()
+        return summary, message
 
 
 def _slice_cache(cache: ReferenceCache, start: int, stop: int) -> ReferenceCache:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from calmrl.algos import ALGOS
 from calmrl.algos.segments import group_index
@@ -29,13 +29,13 @@ from calmrl.errors import ConfigError
 from calmrl.learners.build import build_local_learner
 from calmrl.learners.checkpoint import restore_rng
 from calmrl.learners.critic import ValueModel
-from calmrl.logging import MetricsLogger
 from calmrl.policy import PromptTemplate, build_tiny_policy, load_policy
 from calmrl.policy.loading import DTYPES
 from calmrl.rollout import play_episodes
 from calmrl.rollout.generators import build_generators
 from calmrl.rollout.mismatch import correct, mismatch_metrics
 from calmrl.runs import start_run, train_seeds
+from calmrl.schedule import run_schedule
 from calmrl.shapers import ShaperContext, build_shaper
 from calmrl.tools.evaluate import EvalResult, evaluate
 
@@ -249,78 +249,62 @@ class Trainer:
         }
         return metrics
 
+    # ---------------------------------------------------------------- the schedule's hooks (calmrl.schedule)
     def run(self) -> dict:
-        cfg = self.cfg
-        total = cfg.trainer.total_iters
-        full_config = OmegaConf.to_container(cfg, resolve=True)
-        resume_step = self.resume_from.step if self.resume_from else None
-        logger = MetricsLogger(cfg.logger, self.run_dir, total, self.start_iter, resume_step, full_config)
         try:
-            if self.resume_from is not None:
-                logger.message(
-                    f"resuming {self.run_dir} from iteration {self.start_iter} ({self.resume_from.path.name})"
-                )
-            if "initial_eval" not in self.state:
-                self.state["initial_eval"] = vars(self.evaluate())
-                logger.message(
-                    f"untrained greedy success on {cfg.env.eval_episodes} held-out seeds: "
-                    f"{self.state['initial_eval']['success_rate']:.3f}"
-                )
-            last_eval = None
-            for it in range(self.start_iter + 1, total + 1):
-                t_start = time.perf_counter()
-                metrics = self.train_iteration(it)
-                if metrics["loss/skipped_steps"]:
-                    logger.message(
-                        f"[yellow]iteration {it}: skipped {int(metrics['loss/skipped_steps'])} optimizer "
-                        "step(s) with a non-finite loss or gradient norm"
-                    )
-                if it == total or (cfg.trainer.eval_every and it % cfg.trainer.eval_every == 0):
-                    t_eval = time.perf_counter()
-                    last_eval = self.evaluate()
-                    metrics.update(_eval_metrics(last_eval))
-                    metrics["perf/eval_s"] = time.perf_counter() - t_eval
-                if it == total or it % cfg.trainer.checkpoint_every == 0:
-                    t_ckpt = time.perf_counter()
-                    if last_eval is not None:
-                        self.state["last_eval"] = vars(last_eval)
-                    critic = self.learner.critic_state_dict()
-                    self.checkpoints.save(
-                        it,
-                        self.policy_weights,
-                        self.tokenizer,
-                        self.learner.optimizer_state(),
-                        trainer_state=self.state,
-                        extra={
-                            **({"critic": critic} if critic is not None else {}),
-                            **({"algo_state": self.algo_state.state_dict()} if self.algo_state is not None else {}),
-                        },
-                    )
-                    metrics["perf/checkpoint_s"] = time.perf_counter() - t_ckpt
-                metrics["perf/iter_s"] = time.perf_counter() - t_start
-                logger.log(it, metrics)
-            final = vars(last_eval) if last_eval is not None else self.state.get("last_eval", {})
-            summary = {
-                "initial_success_rate": self.state["initial_eval"]["success_rate"],
-                "final_success_rate": final.get("success_rate"),
-                "iterations": total,
-                "metrics_file": str(self.run_dir / "metrics.jsonl"),
-                "checkpoint_dir": str(self.checkpoints.directory),
-            }
-            _print_summary(logger, summary, cfg.env.eval_episodes)
-            return summary
+            return run_schedule(self)
         finally:
-            logger.close()
             self.train_envs.close()
             self.eval_envs.close()
 
+    def startup_messages(self) -> list[str]:
+        return []
 
-def _eval_metrics(result: EvalResult) -> dict[str, float]:
-    """`eval/<field>` for the scalar summary, `eval/<category>/success_rate` for each reported category."""
-    out = {f"eval/{k}": v for k, v in vars(result).items() if k != "per_category"}
-    for name, stats in result.per_category.items():
-        out[f"eval/{name}/success_rate"] = stats["success_rate"]
-    return out
+    def evaluation(self) -> dict:
+        return vars(self.evaluate())
+
+    def describe_initial(self, evaluation: dict) -> str:
+        return (
+            f"untrained greedy success on {self.cfg.env.eval_episodes} held-out seeds: {evaluation['success_rate']:.3f}"
+        )
+
+    def eval_metrics(self, evaluation: dict) -> dict[str, float]:
+        """`eval/<field>` for the scalar summary, `eval/<category>/success_rate` for each reported category."""
+        out = {f"eval/{k}": v for k, v in evaluation.items() if k != "per_category"}
+        for name, stats in evaluation["per_category"].items():
+            out[f"eval/{name}/success_rate"] = stats["success_rate"]
+        return out
+
+    def save_checkpoint(self, it: int) -> None:
+        critic = self.learner.critic_state_dict()
+        self.checkpoints.save(
+            it,
+            self.policy_weights,
+            self.tokenizer,
+            self.learner.optimizer_state(),
+            trainer_state=self.state,
+            extra={
+                **({"critic": critic} if critic is not None else {}),
+                **({"algo_state": self.algo_state.state_dict()} if self.algo_state is not None else {}),
+            },
+        )
+
+    def summarize(self, initial: dict, final: dict) -> tuple[dict, str]:
+        summary = {
+            "initial_success_rate": initial["success_rate"],
+            "final_success_rate": final.get("success_rate"),
+            "iterations": self.cfg.trainer.total_iters,
+            "metrics_file": str(self.run_dir / "metrics.jsonl"),
+            "checkpoint_dir": str(self.checkpoints.directory),
+        }
+        done = summary["final_success_rate"]
+        done_txt = f"{done:.3f}" if done is not None else "n/a (run already complete)"
+        message = (
+            f"\n[bold]greedy success on {self.cfg.env.eval_episodes} held-out seeds: untrained "
+            f"{summary['initial_success_rate']:.3f} -> trained {done_txt}[/bold]\nmetrics: {summary['metrics_file']}"
+            f"\ncheckpoints: {summary['checkpoint_dir']}"
+        )
+        return summary, message
 
 
 def _shaping_metrics(batch) -> dict[str, float]:
@@ -333,12 +317,3 @@ def _shaping_metrics(batch) -> dict[str, float]:
         per_row = (batch.token_rewards * batch.response_mask).sum(dim=1)
         out["reward/token_reward_row_mean"] = float(per_row.mean())
     return out
-
-
-def _print_summary(logger: MetricsLogger, summary: dict, episodes: int) -> None:
-    final = summary["final_success_rate"]
-    final_txt = f"{final:.3f}" if final is not None else "n/a (run already complete)"
-    logger.message(
-        f"\n[bold]greedy success on {episodes} held-out seeds: untrained {summary['initial_success_rate']:.3f} "
-        f"-> trained {final_txt}[/bold]\nmetrics: {summary['metrics_file']}\ncheckpoints: {summary['checkpoint_dir']}"
-    )

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 
 from calmrl.envs.multigrid import MultiGrid
 from calmrl.learners.checkpoint import restore_rng
-from calmrl.logging import MetricsLogger
 from calmrl.multiagent.gmah import GMAHAgent
 from calmrl.multiagent.ippo import IPPOAgent
 from calmrl.runs import start_run
+from calmrl.schedule import run_schedule
 
 AGENTS = {"gmah": GMAHAgent, "ippo": IPPOAgent}
 
@@ -95,7 +95,7 @@ class MultiAgentTrainer:
     def evaluate(self) -> dict[str, float]:
         return self.agent.evaluate(self.eval_env, self.cfg.env.eval_seed_offset)
 
-    def iteration(self, it: int) -> dict[str, float]:
+    def train_iteration(self, it: int) -> dict[str, float]:
         cfg = self.cfg
         seed = _train_seed(cfg.seed, it, cfg.env.eval_seed_offset)
         t0 = time.perf_counter()
@@ -108,57 +108,56 @@ class MultiAgentTrainer:
         metrics.update({"perf/steps": stats["env_steps"], "perf/rollout_s": t1 - t0, "perf/update_s": t2 - t1})
         return metrics
 
+    # ---------------------------------------------------------------- the schedule's hooks (calmrl.schedule)
     def run(self) -> dict:
+        return run_schedule(self)
+
+    def startup_messages(self) -> list[str]:
+        return []
+
+    def evaluation(self) -> dict:
+        if "random_success" not in self.state:  # the baseline the summary reports against, once per run
+            self.state["random_success"] = random_policy_success(self.eval_env, self.cfg.env.eval_seed_offset)
+        return self.evaluate()
+
+    def describe_initial(self, evaluation: dict) -> str:
         cfg = self.cfg
-        total = cfg.trainer.total_iters
-        resume_step = self.resume_from.step if self.resume_from else None
-        logger = MetricsLogger(
-            cfg.logger, self.run_dir, total, self.start_iter, resume_step, OmegaConf.to_container(cfg, resolve=True)
+        return (
+            f"team success on {cfg.env.eval_episodes} held-out episodes: random policy "
+            f"{self.state['random_success']:.3f}, untrained {cfg.algo.name} {evaluation['success_rate']:.3f}"
         )
-        try:
-            if "random_success" not in self.state:
-                self.state["random_success"] = random_policy_success(self.eval_env, cfg.env.eval_seed_offset)
-                self.state["initial_success"] = self.evaluate()["success_rate"]
-                logger.message(
-                    f"team success on {cfg.env.eval_episodes} held-out episodes: random policy "
-                    f"{self.state['random_success']:.3f}, untrained {cfg.algo.name} {self.state['initial_success']:.3f}"
-                )
-            last = None
-            for it in range(self.start_iter + 1, total + 1):
-                metrics = self.iteration(it)
-                if it == total or (cfg.trainer.eval_every and it % cfg.trainer.eval_every == 0):
-                    last = self.evaluate()
-                    metrics.update({f"eval/{k}": v for k, v in last.items() if k != "env_steps"})
-                    metrics["eval/random_success_rate"] = self.state["random_success"]
-                if it == total or it % cfg.trainer.checkpoint_every == 0:
-                    if last is not None:
-                        self.state["last_eval"] = last
-                    self.checkpoints.save(
-                        it,
-                        self.networks,
-                        optimizer_state=self.agent.optimizer.state_dict(),
-                        trainer_state=self.state,
-                        extra={
-                            "rng": {"agent": self.agent.rng.get_state()},
-                            **{name: b.state_dict() for name, b in self.agent.buffers().items()},
-                        },
-                    )
-                logger.log(it, metrics)
-            final = (last or self.state.get("last_eval") or {}).get("success_rate")
-            summary = {
-                "random_success_rate": self.state["random_success"],
-                "initial_success_rate": self.state["initial_success"],
-                "final_success_rate": final,
-                "iterations": total,
-                "metrics_file": str(self.run_dir / "metrics.jsonl"),
-            }
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-            final_txt = f"{final:.3f}" if final is not None else "n/a (run already complete)"
-            logger.message(
-                f"\n[bold]team success on {cfg.env.eval_episodes} held-out episodes: random policy "
-                f"{summary['random_success_rate']:.3f} -> trained {cfg.algo.name} {final_txt}[/bold]\n"
-                f"metrics: {summary['metrics_file']}"
-            )
-            return summary
-        finally:
-            logger.close()
+
+    def eval_metrics(self, evaluation: dict) -> dict[str, float]:
+        out = {f"eval/{k}": v for k, v in evaluation.items() if k != "env_steps"}
+        return {**out, "eval/random_success_rate": self.state["random_success"]}
+
+    def save_checkpoint(self, it: int) -> None:
+        self.checkpoints.save(
+            it,
+            self.networks,
+            optimizer_state=self.agent.optimizer.state_dict(),
+            trainer_state=self.state,
+            extra={
+                "rng": {"agent": self.agent.rng.get_state()},
+                **{name: b.state_dict() for name, b in self.agent.buffers().items()},
+            },
+        )
+
+    def summarize(self, initial: dict, final: dict) -> tuple[dict, str]:
+        cfg = self.cfg
+        summary = {
+            "random_success_rate": self.state["random_success"],
+            "initial_success_rate": initial["success_rate"],
+            "final_success_rate": final.get("success_rate"),
+            "iterations": cfg.trainer.total_iters,
+            "metrics_file": str(self.run_dir / "metrics.jsonl"),
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        done = summary["final_success_rate"]
+        done_txt = f"{done:.3f}" if done is not None else "n/a (run already complete)"
+        message = (
+            f"\n[bold]team success on {cfg.env.eval_episodes} held-out episodes: random policy "
+            f"{summary['random_success_rate']:.3f} -> trained {cfg.algo.name} {done_txt}[/bold]\n"
+            f"metrics: {summary['metrics_file']}"
+        )
+        return summary, message
