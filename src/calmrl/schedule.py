@@ -91,3 +91,8 @@ def run_schedule(loop: Loop) -> dict:
         return summary
     finally:
         logger.close()
+
+
+def rate_text(rate: float | None) -> str:
+    """A success rate for a summary line; None when the run was already complete and nothing was evaluated."""
+    return f"{rate:.3f}" if rate is not None else "n/a (run already complete)"

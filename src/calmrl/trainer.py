@@ -35,7 +35,7 @@ from calmrl.rollout import play_episodes
 from calmrl.rollout.generators import build_generators
 from calmrl.rollout.mismatch import correct, mismatch_metrics
 from calmrl.runs import start_run, train_seeds
-from calmrl.schedule import run_schedule
+from calmrl.schedule import rate_text, run_schedule
 from calmrl.shapers import ShaperContext, build_shaper
 from calmrl.tools.evaluate import EvalResult, evaluate
 
@@ -297,12 +297,10 @@ class Trainer:
             "metrics_file": str(self.run_dir / "metrics.jsonl"),
             "checkpoint_dir": str(self.checkpoints.directory),
         }
-        done = summary["final_success_rate"]
-        done_txt = f"{done:.3f}" if done is not None else "n/a (run already complete)"
         message = (
             f"\n[bold]greedy success on {self.cfg.env.eval_episodes} held-out seeds: untrained "
-            f"{summary['initial_success_rate']:.3f} -> trained {done_txt}[/bold]\nmetrics: {summary['metrics_file']}"
-            f"\ncheckpoints: {summary['checkpoint_dir']}"
+            f"{summary['initial_success_rate']:.3f} -> trained {rate_text(summary['final_success_rate'])}[/bold]\n"
+            f"metrics: {summary['metrics_file']}\ncheckpoints: {summary['checkpoint_dir']}"
         )
         return summary, message
 

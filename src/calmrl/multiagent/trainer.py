@@ -22,7 +22,7 @@ from calmrl.learners.checkpoint import restore_rng
 from calmrl.multiagent.gmah import GMAHAgent
 from calmrl.multiagent.ippo import IPPOAgent
 from calmrl.runs import start_run
-from calmrl.schedule import run_schedule
+from calmrl.schedule import rate_text, run_schedule
 
 AGENTS = {"gmah": GMAHAgent, "ippo": IPPOAgent}
 
@@ -153,11 +153,10 @@ class MultiAgentTrainer:
             "metrics_file": str(self.run_dir / "metrics.jsonl"),
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        done = summary["final_success_rate"]
-        done_txt = f"{done:.3f}" if done is not None else "n/a (run already complete)"
         message = (
             f"\n[bold]team success on {cfg.env.eval_episodes} held-out episodes: random policy "
-            f"{summary['random_success_rate']:.3f} -> trained {cfg.algo.name} {done_txt}[/bold]\n"
+            f"{summary['random_success_rate']:.3f} -> trained {cfg.algo.name} "
+            f"{rate_text(summary['final_success_rate'])}[/bold]\n"
             f"metrics: {summary['metrics_file']}"
         )
         return summary, message
