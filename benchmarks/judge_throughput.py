@@ -75,8 +75,11 @@ def main() -> None:
 
     trajs = trajectories(args.groups, args.group_size)
     steps = sum(len(t.steps) for t in trajs)
+    from calmrl.schemas.shaper import CalmConfig
+
     base = OmegaConf.load(CALM_YAML)
     del base["defaults"]
+    base = OmegaConf.merge(OmegaConf.structured(CalmConfig), base)  # the yaml sets only what differs from it
     with LocalOpenAIServer(gridworld_answer, delay_s=args.latency, delay_per_prompt_s=args.per_prompt) as server:
         judge = {"backend": "openai", "model": "bench", "base_url": server.base_url, "on_error": "fail"}
         with tempfile.TemporaryDirectory() as tmp:

@@ -142,8 +142,14 @@ def test_missing_observation_texts_are_a_clear_error():
 
 
 def _calm_cfg(**judge):
-    cfg = OmegaConf.load(CALM_YAML)
-    del cfg["defaults"]
+    """shaper=calm as a run composes it (conf/shaper/calm.yaml over its schema), with `judge` overrides."""
+    from hydra import compose, initialize_config_dir
+
+    from calmrl.config import register_schemas
+
+    register_schemas()
+    with initialize_config_dir(config_dir=str(CALM_YAML.parents[1]), version_base="1.3"):
+        cfg = compose("train", overrides=["run_name=t", "shaper=calm"]).shaper
     cfg.judge.update(judge)
     return cfg
 
