@@ -143,15 +143,21 @@ class Trainer:
         return build_tiny_policy(self.run_dir / "tiny_policy", words, self.cfg.policy)
 
     # ---------------------------------------------------------------- the loop
-    def rollout(self, it: int, timings: dict[str, float]):
+    def episode_seeds(self, it: int) -> tuple[list[int], list[int]]:
+        """(env seed, group uid) of every episode of iteration `it`: rollout.group_size episodes per task seed."""
         cfg = self.cfg
         seeds = train_seeds(cfg.seed, it, cfg.rollout.num_groups, cfg.env.eval_seed_offset)
         g = cfg.rollout.group_size
+        return [s for s in seeds for _ in range(g)], [u for u in range(len(seeds)) for _ in range(g)]
+
+    def rollout(self, it: int, timings: dict[str, float]):
+        cfg = self.cfg
+        seeds, uids = self.episode_seeds(it)
         return play_episodes(
             self.method.rollout,
             self.train_envs,
-            seeds=[s for s in seeds for _ in range(g)],
-            uids=[u for u in range(len(seeds)) for _ in range(g)],
+            seeds=seeds,
+            uids=uids,
             template=self.template,
             generate=self.sample,
             algo_cfg=cfg.algo,

@@ -176,22 +176,20 @@ class RayCluster:
         """Episodes for (seeds, uids), split into contiguous shares over the workers. Worker 0 samples from the
         driver's torch RNG state (and hands the advanced state back), so with one worker the draws are exactly
         those of `cluster=local`; worker j > 0 samples from `worker_seed(seed, it, j)`."""
-        import ray
 
         m = len(self.workers)
         size = math.ceil(len(seeds) / m)
         rng = torch.get_rng_state()
-        while True:
-            calls = []
+
+        def calls():
+            out = []
             for j, w in enumerate(self.workers):
                 part = slice(j * size, (j + 1) * size)
                 state, seed = (rng, None) if j == 0 else (None, worker_seed(int(self.cfg.seed), it, j))
-                calls.append(w.rollout.remote(seeds[part], uids[part], state, seed))
-            try:
-                results = ray.get(calls)
-                break
-            except ray.exceptions.RayActorError as e:
-                self._restart_dead_workers(e)
+                out.append(w.rollout.remote(seeds[part], uids[part], state, seed))
+            return out
+
+        results = self._get_retrying(calls)
         trajs = [t for r in results for t in r[0]]
         for key in ("generate", "env"):
             timings[key] += max(r[1][key] for r in results)  # the workers run in parallel: the slowest counts
@@ -202,17 +200,21 @@ class RayCluster:
         """Generations for `prompts` from rollout worker 0 (`greedy`: at rollout.eval_temperature, for evaluation),
         on the driver's RNG stream (handed over and back, as in `rollout`), so they are the draws the trainer's own
         generator would make under cluster=local."""
+        rng = torch.get_rng_state()
+        generations, rng = self._get_retrying(lambda: self.workers[0].generate_from.remote(prompts, rng, greedy))
+        torch.set_rng_state(rng)
+        return generations
+
+    def _get_retrying(self, calls):
+        """`ray.get(calls())` on rollout workers; a dead worker is restarted and `calls()` made again (the retried
+        calls go to the new workers, with the same arguments, so they draw what the lost ones would have)."""
         import ray
 
         while True:
             try:
-                call = self.workers[0].generate_from.remote(prompts, torch.get_rng_state(), greedy)
-                generations, rng = ray.get(call)
-                break
+                return ray.get(calls())
             except ray.exceptions.RayActorError as e:
                 self._restart_dead_workers(e)
-        torch.set_rng_state(rng)
-        return generations
 
     def _restart_dead_workers(self, error: Exception) -> None:
         import ray

@@ -26,7 +26,6 @@ from calmrl.cluster.ray import RayCluster
 from calmrl.envs.pool import InlinePool
 from calmrl.learners.checkpoint import LearnerStateCheckpoints
 from calmrl.policy import load_tokenizer
-from calmrl.runs import train_seeds
 from calmrl.trainer import Trainer
 
 
@@ -91,12 +90,8 @@ class RayTrainer(Trainer):
 
     def rollout(self, it: int, timings: dict[str, float]):
         """The workers play the episodes, each with the method's episode program (RolloutWorker.rollout)."""
-        cfg = self.cfg
-        seeds = train_seeds(cfg.seed, it, cfg.rollout.num_groups, cfg.env.eval_seed_offset)
-        g = cfg.rollout.group_size
-        return self.cluster.rollout(
-            [s for s in seeds for _ in range(g)], [u for u in range(len(seeds)) for _ in range(g)], it, timings
-        )
+        seeds, uids = self.episode_seeds(it)
+        return self.cluster.rollout(seeds, uids, it, timings)
 
     def train_iteration(self, it: int) -> dict[str, float]:
         restarts = self.cluster.restarts
