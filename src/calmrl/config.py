@@ -284,17 +284,12 @@ def _validate_scaleout(cfg: DictConfig, method) -> None:
         "(a local Ray cluster starts by itself)",
     )
     if learner == "deepspeed":
-        _validate_deepspeed_learner(cfg, method)
+        _validate_deepspeed_learner(cfg)
 
 
-def _validate_deepspeed_learner(cfg: DictConfig, method) -> None:
-    """learner=deepspeed trains every algo (the preference algos as one rank only), and as one rank
-    (cluster=local) it has no other rank to shard the weights across."""
-    require(
-        not method.offline or cfg.cluster.name == "local",
-        f"algo={cfg.algo.name} trains on offline preference data, which cluster=ray does not support yet; use "
-        "cluster=local (learner=deepspeed runs it as one rank)",
-    )
+def _validate_deepspeed_learner(cfg: DictConfig) -> None:
+    """learner=deepspeed trains every algo; as one rank (cluster=local) it has no other rank to shard the weights
+    across."""
     z = cfg.learner.zero_stage
     require(
         not cfg.learner.offload_params or z == 3,

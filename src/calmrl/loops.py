@@ -3,7 +3,8 @@
 
 - multi-agent algos (gmah, ippo) on a tensor grid env: small networks, their own loop (calmrl/multiagent);
 - preference algos (dpo, dpo_treg): offline on a data set, no rollouts (calmrl/preference.py);
-- `cluster=ray`: the RL loop with rollouts and updates sent to Ray actors (calmrl/cluster/trainer.py);
+- `cluster=ray`: either loop with its roles on Ray actors (calmrl/cluster/trainer.py): the RL loop's rollouts and
+  updates, the preference loop's pair losses;
 - otherwise the RL loop in one process (calmrl/trainer.py).
 
 Kept apart from the loops themselves so none of them imports another's module."""
@@ -26,14 +27,15 @@ def build_trainer(cfg: DictConfig, run_dir: Path):
         return MultiAgentTrainer(cfg, run_dir)
     from calmrl.algos import ALGOS
 
-    if ALGOS.get(cfg.algo.name).offline:
+    offline = ALGOS.get(cfg.algo.name).offline
+    if cfg.cluster.name == "ray":
+        from calmrl.cluster.trainer import RayPreferenceTrainer, RayTrainer
+
+        return (RayPreferenceTrainer if offline else RayTrainer)(cfg, run_dir)
+    if offline:
         from calmrl.preference import PreferenceTrainer
 
         return PreferenceTrainer(cfg, run_dir)
-    if cfg.cluster.name == "ray":
-        from calmrl.cluster.trainer import RayTrainer
-
-        return RayTrainer(cfg, run_dir)
     from calmrl.trainer import Trainer
 
     return Trainer(cfg, run_dir)

@@ -32,9 +32,9 @@ import torch
 from omegaconf import DictConfig
 
 from calmrl.algos import ALGOS
-from calmrl.algos.dpo import treg_prompts, treg_token_rewards
+from calmrl.algos.dpo import treg_prompts
 from calmrl.errors import ConfigError
-from calmrl.learners.torch import pack, response_logprobs
+from calmrl.learners.pairs import PairData, ReferenceCache, TokenizedPairs, score_reference
 
 HELD_OUT_SPLITS = ("test", "validation", "eval")
 CACHE_FILE = "reference_cache.safetensors"
@@ -127,16 +127,6 @@ def split_pairs(pairs: list, fraction: float, seed: int = 0) -> tuple[list, list
 
 
 # ---------------------------------------------------------------- tokens
-@dataclass
-class TokenizedPairs:
-    prompt: list[list[int]]
-    chosen: list[list[int]]  # response tokens, EOS last
-    rejected: list[list[int]]
-
-    def __len__(self) -> int:
-        return len(self.prompt)
-
-
 def tokenize_pairs(pairs: list[PreferencePair], tokenizer, max_length: int, max_prompt_length: int) -> TokenizedPairs:
     """Prompt and responses tokenized apart (so both responses of a pair share the exact prompt tokens); each
     response ends with EOS; the prompt keeps its last `max_prompt_length` tokens and a response is cut at the end
@@ -156,16 +146,6 @@ def tokenize_pairs(pairs: list[PreferencePair], tokenizer, max_length: int, max_
 
 
 # ---------------------------------------------------------------- the reference cache
-@dataclass
-class ReferenceCache:
-    """Per pair: reference sequence log-probs of both responses; for T-REG, r_hat_t of every response token."""
-
-    chosen: torch.Tensor  # [P] log pi_ref(y_w | x)
-    rejected: torch.Tensor  # [P] log pi_ref(y_l | x)
-    chosen_rewards: list[torch.Tensor] | None = None  # P tensors [len(y_w)] of r_hat_t
-    rejected_rewards: list[torch.Tensor] | None = None
-
-
 def _flatten(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return (torch.cat(rows) if rows else torch.zeros(0)), torch.tensor([len(r) for r in rows], dtype=torch.long)
 
@@ -236,27 +216,25 @@ def templated_prompt_ids(tokenizer, template: str, prompt: str, max_length: int)
     return (head + (body[-room:] if room else []) + tail)[-max_length:]
 
 
+def contrast_prompt_ids(tokenizer, pairs: list[PreferencePair], algo_cfg) -> tuple[list, list] | None:
+    """T-REG's "improve" and "worsen" prompts (`algo.better_template` / `worse_template`) of every pair, as token
+    ids within `algo.max_prompt_length`; None for a method without them (plain DPO)."""
+    if algo_cfg.get("better_template") is None:
+        return None
+    limit = int(algo_cfg.max_prompt_length)
+    return (
+        [templated_prompt_ids(tokenizer, algo_cfg.better_template, p.prompt, limit) for p in pairs],
+        [templated_prompt_ids(tokenizer, algo_cfg.worse_template, p.prompt, limit) for p in pairs],
+    )
+
+
 def compute_reference(
     ref_model, tokenizer, pairs: list[PreferencePair], data: TokenizedPairs, algo_cfg, batch_size: int
 ) -> ReferenceCache:
     """log pi_ref(y|x) of every response; with `better_template` in the config also T-REG's r_hat_t (the reference
-    scoring each response after the contrastive "improve" and "worsen" prompts)."""
-    pad = tokenizer.pad_token_id
-    chosen = response_logprobs(ref_model, data.prompt, data.chosen, pad, batch_size)
-    rejected = response_logprobs(ref_model, data.prompt, data.rejected, pad, batch_size)
-    cache = ReferenceCache(torch.stack([c.sum() for c in chosen]), torch.stack([r.sum() for r in rejected]))
-    if algo_cfg.get("better_template") is None:
-        return cache
-    better, worse = [], []
-    for p in pairs:
-        better.append(templated_prompt_ids(tokenizer, algo_cfg.better_template, p.prompt, algo_cfg.max_prompt_length))
-        worse.append(templated_prompt_ids(tokenizer, algo_cfg.worse_template, p.prompt, algo_cfg.max_prompt_length))
-    for name, responses in (("chosen", data.chosen), ("rejected", data.rejected)):
-        lb = response_logprobs(ref_model, better, responses, pad, batch_size)
-        lw = response_logprobs(ref_model, worse, responses, pad, batch_size)
-        rewards = [treg_token_rewards(b, w, torch.ones_like(b)) for b, w in zip(lb, lw, strict=True)]
-        setattr(cache, f"{name}_rewards", rewards)
-    return cache
+    scoring each response after the contrastive "improve" and "worsen" prompts), in this process."""
+    contrast = contrast_prompt_ids(tokenizer, pairs, algo_cfg)
+    return score_reference(ref_model, tokenizer.pad_token_id, data, contrast, batch_size)
 
 
 # ---------------------------------------------------------------- the loop
@@ -274,59 +252,53 @@ def pair_order(seed: int, it: int, batch: int, n: int) -> list[int]:
 
 class PreferenceTrainer:
     """The offline counterpart of `calmrl.trainer.Trainer` for preference algos: same run directory layout,
-    checkpoints, resume=auto, logger and learner; `calmrl.loops.build_trainer` picks it for algo=dpo / dpo_treg."""
+    checkpoints, resume=auto, logger and learner; `calmrl.loops.build_trainer` picks it for algo=dpo / dpo_treg.
+
+    The pair losses run in the policy role (`calmrl.learners.pairs.PairRole`): here in this process; under
+    cluster=ray on the DeepSpeed ranks (`calmrl.cluster.trainer.RayPreferenceTrainer`, which overrides the three
+    role hooks: `load_policy_copy`, `build_pair_role`, `reference_cache`)."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
-        from calmrl.learners.build import build_local_learner
         from calmrl.learners.checkpoint import restore_rng
-        from calmrl.policy import load_policy
         from calmrl.runs import start_run
 
         start_run(self, cfg, run_dir)  # the RL loop's device, checkpoints, resume rules and seeding
 
-        algo = ALGOS.get(cfg.algo.name)
-        self.pair_loss, self.needs_token_rewards = algo.pair_loss, algo.needs_token_rewards
+        self.method = ALGOS.get(cfg.algo.name)
         train, held = load_preference_data(cfg.data)
         if held is None:
             train, held = split_pairs(train, float(cfg.algo.eval_fraction))
         self.train_pairs, self.held_pairs = train, held
+        all_pairs = train + held
 
-        base_path = self._policy_path(train + held)
+        base_path = self._policy_path(all_pairs)
         load_path = self.resume_from.policy_dir if self.resume_from else base_path
-        self.model, self.tokenizer = load_policy(load_path, cfg.policy.dtype, cfg.policy.trust_remote_code, self.device)
+        self.model, self.tokenizer = self.load_policy_copy(load_path)
+        self.policy_weights = self.model  # what the checkpoint's policy/ is written from (save_pretrained)
         tok_args = (self.tokenizer, int(cfg.algo.max_length), int(cfg.algo.max_prompt_length))
-        self.train_data = tokenize_pairs(train, *tok_args)
-        self.held_data = tokenize_pairs(held, *tok_args)
+        train_data, held_data = tokenize_pairs(train, *tok_args), tokenize_pairs(held, *tok_args)
+        all_data = train_data + held_data
+        self.learner, self.pairs = self.build_pair_role(base_path)
 
         self.messages: list[str] = []
-        all_pairs = train + held
-        all_data = TokenizedPairs(
-            *(a + b for a, b in zip(vars(self.train_data).values(), vars(self.held_data).values(), strict=True))
-        )
         templates = {k: cfg.algo[k] for k in ("better_template", "worse_template") if k in cfg.algo}
         key = cache_key(all_data, base_path, {"templates": templates, "dtype": str(cfg.policy.dtype)})
-
-        def compute() -> ReferenceCache:
-            ref, _ = load_policy(base_path, cfg.policy.dtype, cfg.policy.trust_remote_code, self.device)
-            ref.eval().requires_grad_(False)
-            cache = compute_reference(
-                ref, self.tokenizer, all_pairs, all_data, cfg.algo, int(cfg.learner.micro_batch_size)
-            )
-            del ref
-            return cache
-
+        contrast = contrast_prompt_ids(self.tokenizer, all_pairs, cfg.algo)
         t0 = time.perf_counter()
-        ref, cached = load_or_compute_reference(self.run_dir / CACHE_FILE, key, compute, self.messages.append)
+        ref, cached = load_or_compute_reference(
+            self.run_dir / CACHE_FILE,
+            key,
+            lambda: self.reference_cache(base_path, all_data, contrast),
+            self.messages.append,
+        )
         self.messages.append(
             f"reference log-probs of {len(all_pairs)} pairs: "
             + ("read from the cache" if cached else f"computed in {time.perf_counter() - t0:.1f}s and cached")
             + f" ({self.run_dir / CACHE_FILE})"
         )
         n = len(train)
-        self.ref_train = _slice_cache(ref, 0, n)
-        self.ref_held = _slice_cache(ref, n, len(all_pairs))
+        self.pairs.load(PairData(train_data, held_data, ref.rows(0, n), ref.rows(n, len(all_pairs))))
 
-        self.learner, self.checkpoints = build_local_learner(cfg, self.model, self.resume_from, self.checkpoints)
         self.start_iter = 0
         self.state: dict = {}
         if self.resume_from is not None:
@@ -336,6 +308,39 @@ class PreferenceTrainer:
             restore_rng(self.resume_from.rng_state)
             self.start_iter = self.resume_from.step
             self.state = dict(self.resume_from.trainer_state)
+
+    # ---------------------------------------------------------------- setup helpers: the roles this process hosts
+    def load_policy_copy(self, path: Path):
+        """(the policy module this process trains, its tokenizer)."""
+        from calmrl.policy import load_policy
+
+        return load_policy(path, self.cfg.policy.dtype, self.cfg.policy.trust_remote_code, self.device)
+
+    def build_pair_role(self, base_path: Path):
+        """(learner, PairRole): the policy role in this process, learner=torch or learner=deepspeed as one rank."""
+        from calmrl.learners.build import build_local_learner
+        from calmrl.learners.pairs import PairRole
+
+        cfg = self.cfg
+        learner, self.checkpoints = build_local_learner(cfg, self.model, self.resume_from, self.checkpoints)
+        role = PairRole(
+            learner,
+            self.method.pair_loss,
+            self.method.needs_token_rewards,
+            cfg.algo,
+            self.tokenizer.pad_token_id,
+            cfg.learner.micro_batch_size,
+        )
+        return learner, role
+
+    def reference_cache(self, base_path: Path, data: TokenizedPairs, contrast) -> ReferenceCache:
+        """The reference's scores of every pair (see `score_reference`), from the initial policy loaded here."""
+        from calmrl.policy import load_policy
+
+        cfg = self.cfg
+        ref, _ = load_policy(base_path, cfg.policy.dtype, cfg.policy.trust_remote_code, self.device)
+        ref.eval().requires_grad_(False)
+        return score_reference(ref, self.tokenizer.pad_token_id, data, contrast, int(cfg.learner.micro_batch_size))
 
     def _policy_path(self, pairs: list[PreferencePair]) -> Path:
         """policy.path, or the tiny policy with a tokenizer built from the data set's own words."""
@@ -349,64 +354,21 @@ class PreferenceTrainer:
                 words |= set(self.cfg.algo[k].replace("{prompt}", " ").split())
         return build_tiny_policy(self.run_dir / "tiny_policy", sorted(words), self.cfg.policy)
 
-    # ---------------------------------------------------------------- loss on a set of pairs
-    def _rows(self, data: TokenizedPairs, ref: ReferenceCache, idx: list[int]):
-        """2P rows (chosen, then rejected) of pairs `idx`: tensors on the device, ref sequence log-probs and the
-        T-REG token rewards placed on the response tokens."""
-        prompts = [data.prompt[i] for i in idx] * 2
-        responses = [data.chosen[i] for i in idx] + [data.rejected[i] for i in idx]
-        ids, attn, mask = pack(prompts, responses, self.tokenizer.pad_token_id)
-        ref_seq = torch.cat([ref.chosen[idx], ref.rejected[idx]])
-        rewards = torch.zeros_like(mask)
-        if self.needs_token_rewards:
-            rows = [ref.chosen_rewards[i] for i in idx] + [ref.rejected_rewards[i] for i in idx]
-            for r, row in enumerate(rows):
-                rewards[r, mask[r].bool()] = row
-        dev = self.device
-        return ids.to(dev), attn.to(dev), mask.to(dev), ref_seq.to(dev), rewards.to(dev)
-
-    def _pair_losses(self, data, ref, idx: list[int]) -> dict[str, torch.Tensor]:
-        from calmrl.learners.torch import token_logprobs
-
-        ids, attn, mask, ref_seq, rewards = self._rows(data, ref, idx)
-        logp = token_logprobs(self.learner.train_module, ids, attn)
-        return self.pair_loss(logp, mask, ref_seq, rewards, self.cfg.algo)
-
-    def _micro(self, idx: list[int]) -> list[list[int]]:
-        per = max(1, int(self.cfg.learner.micro_batch_size) // 2)  # a pair is two rows
-        return [idx[s : s + per] for s in range(0, len(idx), per)]
-
+    # ---------------------------------------------------------------- the loop
     def train_iteration(self, it: int) -> dict[str, float]:
         cfg = self.cfg
         t0 = time.perf_counter()
         idx = pair_order(cfg.seed, it, int(cfg.algo.minibatch_size), len(self.train_pairs))
-        total = len(idx)
-
-        def micro_losses():
-            for chunk in self._micro(idx):
-                out = self._pair_losses(self.train_data, self.ref_train, chunk)
-                yield out["loss"].sum() / total, _pair_metrics(out, total, prefix="")
-
-        step = self.learner.step_on_losses(micro_losses())
+        step = self.pairs.train_step(idx)
         metrics = {"loss/skipped_steps": 0.0 if step is not None else 1.0, **(step or {})}
         metrics["loss/optimizer_steps"] = 1.0 if step is not None else 0.0
         metrics["perf/update_s"] = time.perf_counter() - t0
-        metrics["perf/pairs"] = float(total)
+        metrics["perf/pairs"] = float(len(idx))
         return metrics
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Implicit reward margin, accuracy and DPO loss on the held-out pairs (`eval/...`)."""
-        n = len(self.held_pairs)
-        if n == 0:
-            return {}
-        self.model.eval()
-        sums: dict[str, float] = {}
-        for chunk in self._micro(list(range(n))):
-            for k, v in _pair_metrics(self._pair_losses(self.held_data, self.ref_held, chunk), n, "eval/").items():
-                sums[k] = sums.get(k, 0.0) + v
-        self.model.train()
-        return sums
+        return self.pairs.evaluate()
 
     # ---------------------------------------------------------------- the schedule's hooks (calmrl.schedule)
     def run(self) -> dict:
@@ -431,7 +393,9 @@ class PreferenceTrainer:
         return evaluation  # already `eval/...`
 
     def save_checkpoint(self, it: int) -> None:
-        self.checkpoints.save(it, self.model, self.tokenizer, self.learner.optimizer_state(), trainer_state=self.state)
+        self.checkpoints.save(
+            it, self.policy_weights, self.tokenizer, self.learner.optimizer_state(), trainer_state=self.state
+        )
 
     def summarize(self, initial: dict, final: dict) -> tuple[dict, str]:
         summary = {
@@ -452,33 +416,3 @@ class PreferenceTrainer:
                 f"{summary['initial_reward_accuracy']:.3f} -> {summary['final_reward_accuracy']:.3f}[/bold]\n" + message
             )
         return summary, message
-
-
-def _slice_cache(cache: ReferenceCache, start: int, stop: int) -> ReferenceCache:
-    return ReferenceCache(
-        cache.chosen[start:stop],
-        cache.rejected[start:stop],
-        cache.chosen_rewards[start:stop] if cache.chosen_rewards is not None else None,
-        cache.rejected_rewards[start:stop] if cache.rejected_rewards is not None else None,
-    )
-
-
-def _pair_metrics(out: dict[str, torch.Tensor], total: int, prefix: str) -> dict[str, float]:
-    """Sums over this chunk's pairs divided by `total`, so chunks add up to means over all pairs.
-
-    Training names: loss/dpo, reward/margin, reward/accuracy, reward/chosen, reward/rejected (+ loss/treg_reg,
-    loss/treg_weight for T-REG); evaluation: the same under eval/ (eval/loss_dpo, eval/reward_margin, ...)."""
-    chosen, rejected = out["chosen_reward"].detach(), out["rejected_reward"].detach()
-    loss_ns = f"{prefix}loss_" if prefix else "loss/"
-    reward_ns = f"{prefix}reward_" if prefix else "reward/"
-    values = {
-        f"{loss_ns}dpo": out["dpo"].detach(),
-        f"{reward_ns}margin": chosen - rejected,
-        f"{reward_ns}accuracy": (chosen > rejected).float(),
-        f"{reward_ns}chosen": chosen,
-        f"{reward_ns}rejected": rejected,
-    }
-    if "reg" in out:
-        values[f"{loss_ns}treg_reg"] = out["reg"].detach()
-        values[f"{loss_ns}treg_weight"] = out["weight"]
-    return {k: float(v.sum()) / total for k, v in values.items()}

@@ -114,27 +114,43 @@ def test_preference_algo_without_data_fails_early(workdir):
     assert proc.returncode == 2 and "read only by the preference algos" in proc.stderr
 
 
-def test_dpo_and_dpo_treg_on_deepspeed_in_one_process_match_torch_and_resume(workdir):
-    """learner=deepspeed (one rank in the trainer's process) for the preference algos: its first step gives
-    learner=torch's loss, and a resumed run continues from DeepSpeed's own checkpoint state."""
+def test_dpo_and_dpo_treg_on_deepspeed_in_one_process_and_under_ray_match_torch_and_resume(workdir):
+    """learner=deepspeed for the preference algos, as one rank in the trainer's process and as 2 ranks under
+    cluster=ray: the first step's loss and rewards, and the held-out evaluation after it, are learner=torch's; a
+    resumed run continues from DeepSpeed's own checkpoint state. 5 pairs a step over 2 ranks of 2-pair micro-batches:
+    rank 0 trains 3 pairs in 2 micro-batches, rank 1 2 pairs and a zero-weight pass (ZeRO's collectives in step).
+    Under Ray the ranks also score the reference cache, each its share of the pairs."""
+    pytest.importorskip("ray", reason="cluster=ray needs the `ray` extra")
     write_gridworld_pairs(workdir / "pairs.jsonl", seeds=range(8))
-    base = ["data=pairs.jsonl", "trainer.eval_every=0", "trainer.checkpoint_every=1", "cluster.num_threads=1", *TINY]
+    base = [
+        "data=pairs.jsonl",
+        "trainer.eval_every=1",
+        "trainer.checkpoint_every=1",
+        "cluster.num_threads=1",
+        "algo.minibatch_size=5",
+        "learner.micro_batch_size=4",
+        *TINY,
+    ]
     sweep = ["-m", "algo=dpo,dpo_treg"]
+    placements = {"ds": ["learner=deepspeed"], "ray": ["learner=deepspeed", "cluster=ray"]}
     calmrl("train", *sweep, *base, "trainer.total_iters=1", "hydra.sweep.dir=runs/torch", cwd=workdir)
-    calmrl("train", *sweep, *base, "learner=deepspeed", "trainer.total_iters=1", "hydra.sweep.dir=runs/ds", cwd=workdir)
-    for algo in ("dpo", "dpo_treg"):
-        (job,) = (workdir / "runs" / "ds").glob(f"*-{algo}-*")
-        ((ds,),) = [metrics(job)]
-        ((ref,),) = [metrics(workdir / "runs" / "torch" / job.name)]
-        trained = [k for k in ref if k.startswith(("loss/", "reward/"))]
-        assert "loss/dpo" in trained and sorted(trained) == sorted(k for k in ds if k.startswith(("loss/", "reward/")))
+    for name, args in placements.items():
+        calmrl("train", *sweep, *base, *args, "trainer.total_iters=1", f"hydra.sweep.dir=runs/{name}", cwd=workdir)
+    for name, algo in ((n, a) for n in placements for a in ("dpo", "dpo_treg")):
+        (job,) = (workdir / "runs" / name).glob(f"*-{algo}-*")
+        ((got,),) = [metrics(job)]
+        ((want,),) = [metrics(workdir / "runs" / "torch" / job.name)]
+        trained = [k for k in want if k.startswith(("loss/", "reward/", "eval/"))]
+        assert {"loss/dpo", "eval/reward_margin"} <= set(trained), (name, algo)
+        assert sorted(trained) == sorted(k for k in got if k.startswith(("loss/", "reward/", "eval/"))), (name, algo)
         for key in trained:
-            assert ds[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), (algo, key)
-        assert ds["loss/optimizer_steps"] == 1
-        assert list(job.glob("checkpoints/step_*/deepspeed/state")), algo
-    proc = calmrl(
-        "train", *sweep, *base, "learner=deepspeed", "trainer.total_iters=2", "hydra.sweep.dir=runs/ds", cwd=workdir
-    )
-    assert proc.stdout.count("from iteration 1") == 2, proc.stdout[-2000:]
-    for job in (workdir / "runs" / "ds").glob("*-dpo*"):
-        assert [r["iter"] for r in metrics(job)] == [1, 2], job.name
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (name, algo, key)
+        assert got["loss/optimizer_steps"] == 1
+        assert list(job.glob("checkpoints/step_*/deepspeed/state")), (name, algo)
+    for name, args in placements.items():
+        proc = calmrl(
+            "train", *sweep, *base, *args, "trainer.total_iters=2", f"hydra.sweep.dir=runs/{name}", cwd=workdir
+        )
+        assert proc.stdout.count("from iteration 1") == 2, proc.stdout[-2000:]
+        for job in (workdir / "runs" / name).glob("*-dpo*"):
+            assert [r["iter"] for r in metrics(job)] == [1, 2], (name, job.name)

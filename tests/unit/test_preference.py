@@ -5,13 +5,13 @@ import torch
 from omegaconf import OmegaConf
 
 from calmrl.errors import ConfigError
+from calmrl.learners.torch import response_logprobs
 from calmrl.preference import (
     PreferencePair,
     compute_reference,
     load_or_compute_reference,
     load_preference_data,
     pair_order,
-    response_logprobs,
     split_pairs,
     templated_prompt_ids,
     tokenize_pairs,

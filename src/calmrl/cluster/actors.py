@@ -31,6 +31,7 @@ class LearnerActor:
         self.rank, self.world = rank, world_size
         _threads(num_threads)
         self.learner = None
+        self.pairs = None  # the preference algos' PairRole, after load_pairs
 
     def address(self) -> tuple[str, int]:
         """(this node's IP, a free port): rank 0's answer becomes everyone's MASTER_ADDR / MASTER_PORT."""
@@ -48,7 +49,9 @@ class LearnerActor:
         from calmrl.policy import load_policy
 
         init_distributed(self.rank, self.world, master[0], master[1])
+        self.base_path = base_path
         algo, learner, policy = (OmegaConf.create(cfg[k]) for k in ("algo", "learner", "policy"))
+        self.policy_cfg = policy
         # fp32 on load: DeepSpeed casts the module to bf16 itself when learner.dtype=bfloat16 and keeps fp32
         # master weights in the optimizer
         model, _ = load_policy(policy_path, "float32", policy.trust_remote_code)
@@ -80,6 +83,35 @@ class LearnerActor:
 
     def critic_state_dict(self):
         return self.learner.critic_state_dict()
+
+    # ---------------------------------------------------------------- the preference algos (calmrl.learners.pairs)
+    def pair_reference(self, data, contrast_prompts, pad_id: int):
+        """The reference cache of `data`: each rank loads the initial policy as the reference, scores its share of
+        the pairs, and drops the reference again (the cache replaces it). Collective; rank 0 returns the cache."""
+        from calmrl.learners.pairs import score_reference
+        from calmrl.policy import load_policy
+
+        ref, _ = load_policy(self.base_path, self.policy_cfg.dtype, self.policy_cfg.trust_remote_code)
+        ref.to(self.learner.device).eval().requires_grad_(False)
+        micro = int(self.learner.cfg.micro_batch_size)
+        cache = score_reference(ref, pad_id, data, contrast_prompts, micro, self.rank, self.world)
+        return cache if self.rank == 0 else None
+
+    def load_pairs(self, data, pad_id: int) -> None:
+        from calmrl.algos import ALGOS
+        from calmrl.learners.pairs import PairRole
+
+        method, algo = ALGOS.get(self.learner.algo.name), self.learner.algo
+        self.pairs = PairRole(
+            self.learner, method.pair_loss, method.needs_token_rewards, algo, pad_id, self.learner.cfg.micro_batch_size
+        )
+        self.pairs.load(data)
+
+    def pair_step(self, idx: list[int]) -> dict[str, float] | None:
+        return self.pairs.train_step(idx)
+
+    def pair_evaluate(self) -> dict[str, float]:
+        return self.pairs.evaluate()
 
     def save_pretrained(self, directory: str) -> None:
         """The full weights as a save_pretrained directory, written by rank 0 (the checkpoint's `policy/`)."""

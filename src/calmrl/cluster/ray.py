@@ -34,13 +34,14 @@ from calmrl.cluster.actors import LearnerActor, RolloutWorker, worker_seed
 log = logging.getLogger(__name__)
 
 
-def bundles(c) -> tuple[list[dict], list[int], list[int]]:
-    """(placement group bundles, bundle index of each learner rank, bundle index of each rollout worker)."""
+def bundles(c, with_rollout: bool = True) -> tuple[list[dict], list[int], list[int]]:
+    """(placement group bundles, bundle index of each learner rank, bundle index of each rollout worker);
+    `with_rollout=False`: learner bundles only (the preference algos train on a data set, with no rollouts)."""
 
     def res(cpus, gpus):
         return {"CPU": float(cpus), **({"GPU": float(gpus)} if gpus else {})}
 
-    n, m = int(c.num_learners), int(c.num_rollout_workers)
+    n, m = int(c.num_learners), int(c.num_rollout_workers) if with_rollout else 0
     if str(c.placement) == "split":
         out = [res(c.learner_cpus, c.learner_gpus)] * n + [res(c.rollout_cpus, c.rollout_gpus)] * m
         return out, list(range(n)), list(range(n, n + m))
@@ -49,7 +50,7 @@ def bundles(c) -> tuple[list[dict], list[int], list[int]]:
     return out, list(range(n)), [j % n for j in range(m)]
 
 
-def start_ray(c) -> None:
+def start_ray(c, with_rollout: bool = True) -> None:
     """Connect to `cluster.address`, or start a local cluster big enough for the placement group (its CPUs are
     logical: on a small machine the actors share the cores, which only costs speed)."""
     import ray
@@ -60,8 +61,9 @@ def start_ray(c) -> None:
     if c.address:
         ray.init(address=c.address, **kwargs)
         return
-    need = math.ceil(sum(b["CPU"] for b in bundles(c)[0]))
-    gpus = math.ceil(sum(b.get("GPU", 0.0) for b in bundles(c)[0]))
+    spec = bundles(c, with_rollout)[0]
+    need = math.ceil(sum(b["CPU"] for b in spec))
+    gpus = math.ceil(sum(b.get("GPU", 0.0) for b in spec))
     # address="local": a new cluster even where `ray start` left one running on this machine (ray.init would
     # join that one, and refuse the num_cpus given here)
     ray.init(
@@ -85,7 +87,18 @@ def placement_summary(pg, learner_bundles: list[int], worker_bundles: list[int])
 
 
 class RayCluster:
-    def __init__(self, cfg: DictConfig, run_dir: Path, policy_path: Path, base_path: Path, state_dir: Path | None):
+    """The learner ranks and (`with_rollout`) the rollout workers of one run, and the calls the trainer makes on
+    them."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_dir: Path,
+        policy_path: Path,
+        base_path: Path,
+        state_dir: Path | None,
+        with_rollout: bool = True,
+    ):
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -96,11 +109,11 @@ class RayCluster:
         self.restarts = 0
         self.timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        start_ray(self.c)
+        start_ray(self.c, with_rollout)
         self.timings["ray_init_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        spec, learner_bundles, self.worker_bundles = bundles(self.c)
+        spec, learner_bundles, self.worker_bundles = bundles(self.c, with_rollout)
         self.pg = placement_group(spec, strategy=str(self.c.strategy))
         try:
             ray.get(self.pg.ready(), timeout=float(self.c.placement_timeout_s))
@@ -157,12 +170,12 @@ class RayCluster:
         total = cfg.rollout.num_groups * cfg.rollout.group_size
         self.envs_per_worker = math.ceil(total / int(self.c.num_rollout_workers))
         self._worker_cls = ray.remote(RolloutWorker)
-        self.workers = [self._start_worker(j) for j in range(int(self.c.num_rollout_workers))]
+        self.workers = [self._start_worker(j) for j in range(len(self.worker_bundles))]
         ray.get([w.ping.remote() for w in self.workers])
         self.timings["workers_s"] = time.perf_counter() - t0
         self.weights_source = None  # what a (re)started worker loads on top of policy_path: the latest sync
         self.probe_expected = None  # the learner's log-probs of the vLLM sync probe under weights_source
-        self.probe = ray.get(self.workers[0].probe.remote())
+        self.probe = ray.get(self.workers[0].probe.remote()) if self.workers else None
 
     def _start_worker(self, j: int):
         return self._worker_cls.options(
@@ -293,6 +306,30 @@ class RayCluster:
             "perf/sync_worker_load_s": max(load_s),
             "perf/weight_sync_s": t2 - t0,  # learner -> workers: what the next rollout waits for
         }
+
+    # ---------------------------------------------------------------- the preference algos' pair losses (PairRole)
+    def pair_reference(self, data, contrast_prompts, pad_id: int):
+        """The reference cache of `data` (calmrl.learners.pairs.score_reference), each rank scoring its share."""
+        import ray
+
+        return ray.get([a.pair_reference.remote(data, contrast_prompts, pad_id) for a in self.learners])[0]
+
+    def load_pairs(self, data, pad_id: int) -> None:
+        """Ship the tokenized pairs and their reference cache to every rank, once (one object in the store)."""
+        import ray
+
+        ref = ray.put(data)
+        ray.get([a.load_pairs.remote(ref, pad_id) for a in self.learners])
+
+    def pair_step(self, idx: list[int]) -> dict[str, float] | None:
+        import ray
+
+        return ray.get([a.pair_step.remote(idx) for a in self.learners])[0]  # each rank: its share of idx
+
+    def pair_evaluate(self) -> dict[str, float]:
+        import ray
+
+        return ray.get([a.pair_evaluate.remote() for a in self.learners])[0]  # each rank: its share
 
     def save_pretrained(self, directory: str | Path) -> None:
         """The learners' full weights as a save_pretrained directory (rank 0 writes; the checkpoint's `policy/`,

@@ -1,5 +1,5 @@
 """`RayTrainer`: the trainer's loop, unchanged, with its policy, reference, critic and rollout roles hosted by a
-`RayCluster`.
+`RayCluster`; `RayPreferenceTrainer`: the preference loop, unchanged, with its pair losses on the learner ranks.
 
 The driver holds no copy of the policy: it keeps the tokenizer, template, shapers, the algo and its state across
 iterations, and the evaluation envs. The rollout workers play the training episodes (with the method's episode
@@ -26,6 +26,7 @@ from calmrl.cluster.ray import RayCluster
 from calmrl.envs.pool import InlinePool
 from calmrl.learners.checkpoint import LearnerStateCheckpoints
 from calmrl.policy import load_tokenizer
+from calmrl.preference import PreferenceTrainer
 from calmrl.trainer import Trainer
 
 
@@ -73,16 +74,7 @@ class RayTrainer(Trainer):
 
     def build_learner(self, base_path: Path) -> RayLearner:
         """Start the cluster: learner ranks (with their reference and critic) and rollout workers."""
-        cfg = self.cfg
-        state_dir = None
-        if self.resume_from is not None and (self.resume_from.path / "deepspeed").is_dir():
-            state_dir = self.resume_from.path / "deepspeed"
-        policy_path = self.resume_from.policy_dir if self.resume_from else base_path
-        self.cluster = RayCluster(cfg, self.run_dir, policy_path, base_path, state_dir)
-        self.checkpoints = LearnerStateCheckpoints(
-            self.checkpoints.directory, cfg.trainer.keep_last, self.cluster.save_state
-        )
-        return RayLearner(self.cluster, cfg.algo)
+        return start_cluster(self, base_path, with_rollout=True)
 
     def build_generators(self, load_path: Path):
         # generation outside the episodes (evaluation, an algo state's sampling) goes to the rollout workers too
@@ -98,6 +90,60 @@ class RayTrainer(Trainer):
         metrics = super().train_iteration(it)
         metrics["cluster/worker_restarts"] = float(self.cluster.restarts - restarts)
         return metrics
+
+    def run(self) -> dict:
+        try:
+            return super().run()
+        finally:
+            self.cluster.shutdown()
+
+
+def start_cluster(loop, base_path: Path, with_rollout: bool) -> RayLearner:
+    """Start `loop.cluster` (the learner ranks, resuming from the checkpoint's `deepspeed/` state, and with
+    `with_rollout` the rollout workers) and point `loop.checkpoints` and `loop.policy_weights` at it: every rank
+    writes its shard of DeepSpeed's state, rank 0 the checkpoint's `policy/`."""
+    cfg, resume = loop.cfg, loop.resume_from
+    state_dir = None
+    if resume is not None and (resume.path / LearnerStateCheckpoints.STATE_DIR).is_dir():
+        state_dir = resume.path / LearnerStateCheckpoints.STATE_DIR
+    policy_path = resume.policy_dir if resume else base_path
+    loop.cluster = RayCluster(cfg, loop.run_dir, policy_path, base_path, state_dir, with_rollout=with_rollout)
+    loop.checkpoints = LearnerStateCheckpoints(
+        loop.checkpoints.directory, cfg.trainer.keep_last, loop.cluster.save_state
+    )
+    loop.policy_weights = loop.cluster
+    return RayLearner(loop.cluster, cfg.algo)
+
+
+class RayPairRole:
+    """The preference loop's view of the learner ranks' PairRoles (calmrl.learners.pairs): the same interface."""
+
+    def __init__(self, cluster: RayCluster, pad_id: int):
+        self.cluster, self.pad_id = cluster, pad_id
+
+    def load(self, data) -> None:
+        self.cluster.load_pairs(data, self.pad_id)
+
+    def train_step(self, idx: list[int]) -> dict[str, float] | None:
+        return self.cluster.pair_step(idx)
+
+    def evaluate(self) -> dict[str, float]:
+        return self.cluster.pair_evaluate()
+
+
+class RayPreferenceTrainer(PreferenceTrainer):
+    """algo=dpo / dpo_treg under cluster=ray: the driver holds the data, the tokenizer and the reference cache file;
+    the learner ranks score the reference once and train the pair losses, each on its share of every step's pairs."""
+
+    def load_policy_copy(self, path: Path):
+        return None, load_tokenizer(path, self.cfg.policy.trust_remote_code)  # the ranks load it
+
+    def build_pair_role(self, base_path: Path):
+        learner = start_cluster(self, base_path, with_rollout=False)
+        return learner, RayPairRole(self.cluster, self.tokenizer.pad_token_id)
+
+    def reference_cache(self, base_path: Path, data, contrast):
+        return self.cluster.pair_reference(data, contrast, self.tokenizer.pad_token_id)
 
     def run(self) -> dict:
         try:

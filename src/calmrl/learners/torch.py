@@ -141,6 +141,8 @@ def train_minibatches(batch, algo, steps: list[tuple[str, Callable]], orders: li
 
 
 class TorchLearner:
+    rank, world = 0, 1  # the one rank of its world (DeepSpeedLearner's attributes, for code that shards work)
+
     def __init__(self, model, algo_cfg, learner_cfg, ref_model=None, critic=None):
         self.model = model
         self.ref_model = ref_model

@@ -3,6 +3,8 @@ store and disk), and a killed rollout worker being restarted with the iteration 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -50,7 +52,7 @@ def test_colocate_puts_worker_j_with_learner_j_mod_n_and_sums_resources():
     assert spec == [{"CPU": 3.0, "GPU": 1.0}, {"CPU": 2.0, "GPU": 0.75}]
 
 
-def test_config_pairs_deepspeed_with_ray_and_refuses_what_ray_lacks():
+def test_config_pairs_deepspeed_with_ray_and_refuses_what_it_cannot_run(tmp_path):
     from calmrl.config import validate
     from calmrl.errors import ConfigError
 
@@ -59,10 +61,8 @@ def test_config_pairs_deepspeed_with_ray_and_refuses_what_ray_lacks():
     with pytest.raises(ConfigError, match="cluster=ray runs its learner ranks as DeepSpeed ranks"):
         validate(make("learner=torch"))
     validate(make("algo=ppo"))  # the ranks train the critic too
-    with pytest.raises(
-        ConfigError, match="algo=dpo trains on offline preference data, which cluster=ray does not support"
-    ):
-        validate(make("algo=dpo"))
+    (tmp_path / "pairs.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    validate(make("algo=dpo", f"data={tmp_path / 'pairs.jsonl'}"))  # the ranks train the pair losses
     with pytest.raises(ConfigError, match="ZeRO-3 has no other rank"):
         validate(make("cluster=local", "learner.zero_stage=3"))
     with pytest.raises(ConfigError, match="offload_params needs learner.zero_stage=3"):
@@ -111,6 +111,22 @@ def test_the_driver_holds_no_model(trainer):
     """Policy, reference and critic live on the ranks, generation on the workers: the driver keeps no module."""
     modules = [k for k, v in vars(trainer).items() if isinstance(v, torch.nn.Module)]
     assert trainer.model is None and trainer.engine is None and not modules, modules
+
+
+def test_the_preference_driver_holds_no_model_and_starts_no_rollout_worker(local_ray, tmp_path):
+    """algo=dpo under Ray: the ranks score the reference and train the pair losses; the driver keeps the tokenizer."""
+    from calmrl.loops import build_trainer
+
+    rows = [{"prompt": f"goal {d}", "chosen": f" {d}", "rejected": " west"} for d in ("north", "south", "east")] * 3
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    t = build_trainer(make("algo=dpo", f"data={tmp_path / 'pairs.jsonl'}"), tmp_path / "run")
+    try:
+        modules = [k for k, v in vars(t).items() if isinstance(v, torch.nn.Module)]
+        assert t.model is None and not modules and t.cluster.workers == [], modules
+        assert t.train_iteration(1)["loss/optimizer_steps"] == 1
+        assert set(t.evaluate()) >= {"eval/reward_margin", "eval/loss_dpo"}
+    finally:
+        t.cluster.shutdown()
 
 
 def test_update_then_sync_workers_have_the_learners_weights(trainer):
