@@ -69,17 +69,8 @@ class Trainer:
                     )
                 self.algo_state.load_state_dict(saved)
         self.template = PromptTemplate(tokenizer=self.tokenizer, **cfg.policy.template)
-        self.shaper = build_shaper(
-            cfg.shaper,
-            ShaperContext(
-                tokenizer=self.tokenizer,
-                device=self.device,
-                run_dir=self.run_dir,
-                policy_path=base_path,
-                env_cfg=cfg.env,
-            ),
-        )
         self.learner = self.build_learner(base_path)
+        self.shaper = self.build_reward(base_path)
         self.engine, self.sample, self.greedy = self.build_generators(load_path)
         self.policy_weights = self.model  # what the checkpoint's policy/ is written from (save_pretrained)
         n = cfg.rollout.num_groups * cfg.rollout.group_size
@@ -121,6 +112,15 @@ class Trainer:
             cfg, self.model, self.resume_from, self.checkpoints, ref_model=ref_model, critic=critic
         )
         return learner
+
+    def build_reward(self, base_path: Path):
+        """The reward role: the run's shaper (`calmrl.shapers`), in this process. RayTrainer overrides this: its
+        shaper runs on the reward worker."""
+        cfg = self.cfg
+        context = ShaperContext(
+            tokenizer=self.tokenizer, device=self.device, run_dir=self.run_dir, policy_path=base_path, env_cfg=cfg.env
+        )
+        return build_shaper(cfg.shaper, context)
 
     def _build_critic(self, base_path: Path) -> ValueModel:
         """The value model (algo.critic_path, default the policy's own trunk), with a resumed run's weights."""

@@ -4,6 +4,8 @@
 ranks at once (ZeRO gathers and reduces across them).
 `RolloutWorker`: its own copy of the policy (an HF model, or a vLLM engine under `rollout=vllm`) and an env pool;
 plays the episodes it is given.
+`RewardWorker`: the reward role, the run's shaper with whatever model it loads (a PRM, a judge model, T-REG's
+reference, implicit-Q's two policies); shapes each iteration's batch.
 
 Configs arrive as plain dicts (resolved on the driver, where Hydra's interpolations work).
 """
@@ -240,6 +242,31 @@ class RolloutWorker:
 
     def close(self) -> None:
         self.envs.close()
+
+
+class RewardWorker:
+    def __init__(self, cfg: dict, policy_path: str, run_dir: str, num_threads: int | None):
+        """The shaper of `cfg["shaper"]`, built as the trainer builds it in one process (the policy's tokenizer and
+        initial weights `policy_path`, the run directory for its caches, the env config for an oracle judge)."""
+        from calmrl.policy import load_tokenizer
+        from calmrl.runs import pick_device
+        from calmrl.shapers import ShaperContext, build_shaper
+
+        _threads(num_threads)
+        shaper, env, policy = (OmegaConf.create(cfg[k]) for k in ("shaper", "env", "policy"))
+        tokenizer = load_tokenizer(policy_path, policy.trust_remote_code)
+        context = ShaperContext(tokenizer, pick_device(cfg["device"]), Path(run_dir), Path(policy_path), env)
+        self.shaper = build_shaper(shaper, context)
+
+    def ping(self) -> int:
+        return 0
+
+    def shape(self, batch, trajectories, rng_state: torch.Tensor):
+        """(the shaped batch, the shaper's own counters (`metrics()`, if it keeps any), the end RNG state): drawing
+        from `rng_state`, the driver's, as the shaper would in the trainer's process."""
+        torch.set_rng_state(rng_state)
+        shaped = self.shaper(batch, trajectories)
+        return shaped, getattr(self.shaper, "metrics", dict)(), torch.get_rng_state()
 
 
 def worker_seed(seed: int, it: int, index: int) -> int:

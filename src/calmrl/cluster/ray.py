@@ -14,8 +14,9 @@ puts them in Ray's object store once; every worker reads them from there (zero-c
 Rollout-worker failure: a rollout call that finds a worker dead (killed, OOM, node lost) starts a new worker in
 the dead one's bundle, loads the latest synced weights into it, and retries the whole rollout with the same RNG
 state, so the retried iteration is the one the run would have had (up to `max_worker_restarts` times per run,
-then the run stops with the error; `resume=auto` continues it from the last checkpoint). A learner failure ends
-the run the same way: the DeepSpeed world cannot lose a rank mid-step.
+then the run stops with the error; `resume=auto` continues it from the last checkpoint). The reward worker (the
+shaper, with any model it loads; its own bundle, the placement group's last) is restarted and its call retried the
+same way. A learner failure ends the run the same way: the DeepSpeed world cannot lose a rank mid-step.
 """
 
 from __future__ import annotations
@@ -29,25 +30,27 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from calmrl.cluster.actors import LearnerActor, RolloutWorker, worker_seed
+from calmrl.cluster.actors import LearnerActor, RewardWorker, RolloutWorker, worker_seed
 
 log = logging.getLogger(__name__)
 
 
 def bundles(c, with_rollout: bool = True) -> tuple[list[dict], list[int], list[int]]:
-    """(placement group bundles, bundle index of each learner rank, bundle index of each rollout worker);
-    `with_rollout=False`: learner bundles only (the preference algos train on a data set, with no rollouts)."""
+    """(placement group bundles, bundle index of each learner rank, bundle index of each rollout worker). With
+    rollouts the last bundle is the reward worker's, in either placement; `with_rollout=False`: learner bundles
+    only (the preference algos train on a data set: no rollout, no shaping)."""
 
     def res(cpus, gpus):
         return {"CPU": float(cpus), **({"GPU": float(gpus)} if gpus else {})}
 
     n, m = int(c.num_learners), int(c.num_rollout_workers) if with_rollout else 0
+    reward = [res(c.reward_cpus, c.reward_gpus)] if with_rollout else []
     if str(c.placement) == "split":
         out = [res(c.learner_cpus, c.learner_gpus)] * n + [res(c.rollout_cpus, c.rollout_gpus)] * m
-        return out, list(range(n)), list(range(n, n + m))
+        return out + reward, list(range(n)), list(range(n, n + m))
     share = [sum(1 for j in range(m) if j % n == i) for i in range(n)]
     out = [res(c.learner_cpus + k * c.rollout_cpus, c.learner_gpus + k * c.rollout_gpus) for k in share]
-    return out, list(range(n)), [j % n for j in range(m)]
+    return out + reward, list(range(n)), [j % n for j in range(m)]
 
 
 def start_ray(c, with_rollout: bool = True) -> None:
@@ -71,9 +74,9 @@ def start_ray(c, with_rollout: bool = True) -> None:
     )
 
 
-def placement_summary(pg, learner_bundles: list[int], worker_bundles: list[int]) -> str:
+def placement_summary(pg, learner_bundles: list[int], worker_bundles: list[int], reward_bundle: int | None) -> str:
     """Where the placement group put each role, by node address: 'learner ranks on 10.0.0.1, 10.0.0.2; rollout
-    workers on 10.0.0.2'."""
+    workers on 10.0.0.2; reward worker on 10.0.0.2'."""
     import ray
     from ray.util import placement_group_table
 
@@ -83,7 +86,10 @@ def placement_summary(pg, learner_bundles: list[int], worker_bundles: list[int])
     def where(bundles: list[int]) -> str:
         return ", ".join(node_ip.get(bundle_node.get(b), "?") for b in bundles)
 
-    return f"learner ranks on {where(learner_bundles)}; rollout workers on {where(worker_bundles)}"
+    out = f"learner ranks on {where(learner_bundles)}"
+    if worker_bundles:
+        out += f"; rollout workers on {where(worker_bundles)}; reward worker on {where([reward_bundle])}"
+    return out
 
 
 class RayCluster:
@@ -123,7 +129,10 @@ class RayCluster:
                 f"(cluster resources: {ray.cluster_resources()}); lower cluster.*_cpus / *_gpus or add nodes"
             ) from None
         self.timings["placement_s"] = time.perf_counter() - t0
-        log.info("Ray placement: %s", placement_summary(self.pg, learner_bundles, self.worker_bundles))
+        self.reward_bundle = len(spec) - 1 if with_rollout else None
+        log.info(
+            "Ray placement: %s", placement_summary(self.pg, learner_bundles, self.worker_bundles, self.reward_bundle)
+        )
         self._strategy = lambda i: PlacementGroupSchedulingStrategy(
             placement_group=self.pg, placement_group_bundle_index=i
         )
@@ -132,7 +141,8 @@ class RayCluster:
         from calmrl.algos import ALGOS
 
         self.actor_cfg = {
-            k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("algo", "learner", "policy", "env", "rollout")
+            k: OmegaConf.to_container(cfg[k], resolve=True)
+            for k in ("algo", "learner", "policy", "env", "rollout", "shaper")
         }
         self.actor_cfg["device"] = str(cfg.device)
         self.actor_cfg["seed"] = int(cfg.seed)
@@ -177,12 +187,27 @@ class RayCluster:
         self.probe_expected = None  # the learner's log-probs of the vLLM sync probe under weights_source
         self.probe = ray.get(self.workers[0].probe.remote()) if self.workers else None
 
+        t0 = time.perf_counter()
+        self.base_path = str(base_path)
+        self._reward_cls = ray.remote(RewardWorker)
+        self.reward = self._start_reward_worker() if with_rollout else None
+        if self.reward is not None:
+            ray.get(self.reward.ping.remote())
+        self.timings["reward_s"] = time.perf_counter() - t0
+
     def _start_worker(self, j: int):
         return self._worker_cls.options(
             num_cpus=self.c.rollout_cpus,
             num_gpus=self.c.rollout_gpus,
             scheduling_strategy=self._strategy(self.worker_bundles[j]),
         ).remote(j, self.actor_cfg, self.policy_path, self.envs_per_worker, self.c.num_threads)
+
+    def _start_reward_worker(self):
+        return self._reward_cls.options(
+            num_cpus=self.c.reward_cpus,
+            num_gpus=self.c.reward_gpus,
+            scheduling_strategy=self._strategy(self.reward_bundle),
+        ).remote(self.actor_cfg, self.base_path, str(self.run_dir), self.c.num_threads)
 
     # ---------------------------------------------------------------- rollout
     def rollout(self, seeds: list[int], uids: list[int], it: int, timings: dict[str, float]):
@@ -218,9 +243,18 @@ class RayCluster:
         torch.set_rng_state(rng)
         return generations
 
+    def shape(self, batch, trajectories) -> tuple:
+        """(the shaped batch, the shaper's counters) from the reward worker, on the driver's RNG stream (handed
+        over and back, as in `rollout`)."""
+        rng = torch.get_rng_state()
+        shaped, metrics, rng = self._get_retrying(lambda: self.reward.shape.remote(batch, trajectories, rng))
+        torch.set_rng_state(rng)
+        return shaped, metrics
+
     def _get_retrying(self, calls):
-        """`ray.get(calls())` on rollout workers; a dead worker is restarted and `calls()` made again (the retried
-        calls go to the new workers, with the same arguments, so they draw what the lost ones would have)."""
+        """`ray.get(calls())` on rollout workers or the reward worker; a dead one is restarted and `calls()` made
+        again (the retried calls go to the new actors, with the same arguments, so they draw what the lost ones
+        would have)."""
         import ray
 
         while True:
@@ -232,23 +266,34 @@ class RayCluster:
     def _restart_dead_workers(self, error: Exception) -> None:
         import ray
 
-        for j, w in enumerate(self.workers):
+        def alive(actor) -> bool:
             try:
-                ray.get(w.ping.remote(), timeout=30)
-                continue
+                ray.get(actor.ping.remote(), timeout=30)
+                return True
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                pass
+                return False
+
+        def count_restart(what: str) -> None:
             self.restarts += 1
             if self.restarts > int(self.c.max_worker_restarts):
                 raise RuntimeError(
-                    f"rollout worker {j} died again ({self.restarts} restarts > cluster.max_worker_restarts="
+                    f"{what} died again ({self.restarts} restarts > cluster.max_worker_restarts="
                     f"{self.c.max_worker_restarts}); resume=auto continues from the last checkpoint"
                 ) from error
-            log.warning("rollout worker %d died (%s); restarting it and retrying the rollout", j, type(error).__name__)
+            log.warning("%s died (%s); restarting it and retrying", what, type(error).__name__)
+
+        for j, w in enumerate(self.workers):
+            if alive(w):
+                continue
+            count_restart(f"rollout worker {j}")
             ray.kill(w, no_restart=True)
             self.workers[j] = self._start_worker(j)
             if self.weights_source is not None:
                 ray.get(self.workers[j].load_weights.remote(self.weights_source, self.probe_expected))
+        if self.reward is not None and not alive(self.reward):
+            count_restart("the reward worker")
+            ray.kill(self.reward, no_restart=True)
+            self.reward = self._start_reward_worker()
 
     # ---------------------------------------------------------------- learners
     def update(self, batch, train_policy: bool, orders: list[torch.Tensor]) -> dict[str, float]:
@@ -355,6 +400,6 @@ class RayCluster:
         import ray
         from ray.util.placement_group import remove_placement_group
 
-        for a in [*self.workers, *self.learners]:
+        for a in [*self.workers, *self.learners, *([self.reward] if self.reward is not None else [])]:
             ray.kill(a, no_restart=True)
         remove_placement_group(self.pg)

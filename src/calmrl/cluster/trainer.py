@@ -1,18 +1,19 @@
 """`RayTrainer`: the trainer's loop, unchanged, with its policy, reference, critic and rollout roles hosted by a
 `RayCluster`; `RayPreferenceTrainer`: the preference loop, unchanged, with its pair losses on the learner ranks.
 
-The driver holds no copy of the policy: it keeps the tokenizer, template, shapers, the algo and its state across
-iterations, and the evaluation envs. The rollout workers play the training episodes (with the method's episode
-program) and generate for the driver's evaluation and for an algo state's sampling between rollouts; the learner
+The driver holds no copy of the policy: it keeps the tokenizer, template, the algo and its state across
+iterations, and the evaluation envs. The shaper, with any model it loads, runs on the reward worker. The rollout
+workers play the training episodes (with the method's episode program) and generate for the driver's evaluation and for an algo state's sampling between rollouts; the learner
 ranks compute reference log-probs, critic values and the learner's own log-probs on their shares of the batch,
 train, and write the checkpoint's `policy/` (rank 0: the full gathered weights, safetensors). The checkpoint also
 carries DeepSpeed's own sharded state under `deepspeed/`, moved in before the manifest is written, so
 `resume=auto` restores the optimizer partitions as atomically as everything else (same `num_learners` and
 `zero_stage` required).
 
-RNG: the driver's torch RNG is the run's single sampling stream, as in cluster=local: rollout worker 0 draws
-from it and hands it back, and the minibatch orders are drawn from it on the driver; so with one rollout
-worker the first iteration samples exactly the trajectories cluster=local samples.
+RNG: the driver's torch RNG is the run's single sampling stream, as in cluster=local: rollout worker 0 (and the
+reward worker, for a shaper that samples) draws from it and hands it back, and the minibatch orders are drawn
+from it on the driver; so with one rollout worker the first iteration samples exactly the trajectories
+cluster=local samples.
 """
 
 from __future__ import annotations
@@ -61,6 +62,20 @@ class RayLearner:
         raise NotImplementedError("cluster=ray restores the optimizer from the checkpoint's deepspeed/ directory")
 
 
+class RemoteShaper:
+    """The trainer's view of the reward worker: a shaper (`shaper(batch, trajectories) -> batch`, `metrics()`)."""
+
+    def __init__(self, cluster: RayCluster):
+        self.cluster, self.last_metrics = cluster, {}
+
+    def __call__(self, batch, trajectories):
+        batch, self.last_metrics = self.cluster.shape(batch, trajectories)
+        return batch
+
+    def metrics(self) -> dict[str, float]:
+        return self.last_metrics
+
+
 class RayTrainer(Trainer):
     def __init__(self, cfg, run_dir: Path):
         super().__init__(cfg, run_dir)
@@ -75,6 +90,9 @@ class RayTrainer(Trainer):
     def build_learner(self, base_path: Path) -> RayLearner:
         """Start the cluster: learner ranks (with their reference and critic) and rollout workers."""
         return start_cluster(self, base_path, with_rollout=True)
+
+    def build_reward(self, base_path: Path) -> RemoteShaper:
+        return RemoteShaper(self.cluster)  # the shaper and its models live on the reward worker
 
     def build_generators(self, load_path: Path):
         # generation outside the episodes (evaluation, an algo state's sampling) goes to the rollout workers too

@@ -1,5 +1,5 @@
-"""The cluster group's schemas (cluster=local | ray): threads, and Ray's placement of learner ranks and rollout
-workers. Ranges on the fields; imports no torch (and no ray)."""
+"""The cluster group's schemas (cluster=local | ray): threads, and Ray's placement of learner ranks, rollout
+workers and the reward worker. Ranges on the fields; imports no torch (and no ray)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,8 @@ class RayClusterConfig(ClusterConfig):
     learner_gpus: float = bounded(0.0, ge=0)  # per learner rank: 1 on a GPU node
     rollout_cpus: float = bounded(1.0, gt=0)  # per rollout worker
     rollout_gpus: float = bounded(0.0, ge=0)  # per rollout worker: 1 (split) or a fraction (colocate)
+    reward_cpus: float = bounded(1.0, gt=0)  # the reward worker (the shaper and any model it loads: PRM, judge)
+    reward_gpus: float = bounded(0.0, ge=0)  # the reward worker's: 1 (or a fraction) for a PRM or judge on GPU
     weight_sync: WeightSync = WeightSync.object_store
     max_worker_restarts: int = bounded(
         3, ge=0

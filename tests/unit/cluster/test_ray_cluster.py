@@ -35,21 +35,22 @@ def make(*overrides):
 def test_split_gives_every_actor_its_own_bundle():
     c = OmegaConf.create(
         {"num_learners": 2, "num_rollout_workers": 3, "placement": "split", "learner_cpus": 2, "learner_gpus": 1,
-         "rollout_cpus": 1, "rollout_gpus": 0}
+         "rollout_cpus": 1, "rollout_gpus": 0, "reward_cpus": 2, "reward_gpus": 0.5}
     )  # fmt: skip
     spec, learners, workers = bundles(c)
-    assert spec == [{"CPU": 2.0, "GPU": 1.0}] * 2 + [{"CPU": 1.0}] * 3
+    assert spec == [{"CPU": 2.0, "GPU": 1.0}] * 2 + [{"CPU": 1.0}] * 3 + [{"CPU": 2.0, "GPU": 0.5}]  # reward last
+    assert bundles(c, with_rollout=False)[0] == [{"CPU": 2.0, "GPU": 1.0}] * 2  # dpo: the learner ranks only
     assert learners == [0, 1] and workers == [2, 3, 4]
 
 
 def test_colocate_puts_worker_j_with_learner_j_mod_n_and_sums_resources():
     c = OmegaConf.create(
         {"num_learners": 2, "num_rollout_workers": 3, "placement": "colocate", "learner_cpus": 1, "learner_gpus": 0.5,
-         "rollout_cpus": 1, "rollout_gpus": 0.25}
+         "rollout_cpus": 1, "rollout_gpus": 0.25, "reward_cpus": 1, "reward_gpus": 0}
     )  # fmt: skip
     spec, learners, workers = bundles(c)
     assert workers == [0, 1, 0] and learners == [0, 1]
-    assert spec == [{"CPU": 3.0, "GPU": 1.0}, {"CPU": 2.0, "GPU": 0.75}]
+    assert spec == [{"CPU": 3.0, "GPU": 1.0}, {"CPU": 2.0, "GPU": 0.75}, {"CPU": 1.0}]  # the reward worker's last
 
 
 def test_config_pairs_deepspeed_with_ray_and_refuses_what_it_cannot_run(tmp_path):
@@ -76,9 +77,26 @@ pytest.importorskip("deepspeed", reason="cluster=ray runs learner=deepspeed (the
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=5, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+def test_the_preference_driver_holds_no_model_and_starts_no_rollout_worker(local_ray, tmp_path):
+    """algo=dpo under Ray: the ranks score the reference and train the pair losses; the driver keeps the tokenizer.
+    (Before the module's RL trainer takes the local cluster's CPUs.)"""
+    from calmrl.loops import build_trainer
+
+    rows = [{"prompt": f"goal {d}", "chosen": f" {d}", "rejected": " west"} for d in ("north", "south", "east")] * 3
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    t = build_trainer(make("algo=dpo", f"data={tmp_path / 'pairs.jsonl'}"), tmp_path / "run")
+    try:
+        modules = [k for k, v in vars(t).items() if isinstance(v, torch.nn.Module)]
+        assert t.model is None and not modules and t.cluster.workers == [], modules
+        assert t.train_iteration(1)["loss/optimizer_steps"] == 1
+        assert set(t.evaluate()) >= {"eval/reward_margin", "eval/loss_dpo"}
+    finally:
+        t.cluster.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -111,22 +129,6 @@ def test_the_driver_holds_no_model(trainer):
     """Policy, reference and critic live on the ranks, generation on the workers: the driver keeps no module."""
     modules = [k for k, v in vars(trainer).items() if isinstance(v, torch.nn.Module)]
     assert trainer.model is None and trainer.engine is None and not modules, modules
-
-
-def test_the_preference_driver_holds_no_model_and_starts_no_rollout_worker(local_ray, tmp_path):
-    """algo=dpo under Ray: the ranks score the reference and train the pair losses; the driver keeps the tokenizer."""
-    from calmrl.loops import build_trainer
-
-    rows = [{"prompt": f"goal {d}", "chosen": f" {d}", "rejected": " west"} for d in ("north", "south", "east")] * 3
-    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    t = build_trainer(make("algo=dpo", f"data={tmp_path / 'pairs.jsonl'}"), tmp_path / "run")
-    try:
-        modules = [k for k, v in vars(t).items() if isinstance(v, torch.nn.Module)]
-        assert t.model is None and not modules and t.cluster.workers == [], modules
-        assert t.train_iteration(1)["loss/optimizer_steps"] == 1
-        assert set(t.evaluate()) >= {"eval/reward_margin", "eval/loss_dpo"}
-    finally:
-        t.cluster.shutdown()
 
 
 def test_update_then_sync_workers_have_the_learners_weights(trainer):
@@ -176,12 +178,22 @@ def test_killed_worker_is_restarted_and_the_rollout_retried_exactly(trainer):
     assert m["cluster/worker_restarts"] == 1 and m["loss/optimizer_steps"] == 1
 
 
+def test_killed_reward_worker_is_restarted_and_the_shaping_retried(trainer):
+    """The fixture's shaper is the identity, on the reward worker all the same: a killed reward worker is restarted
+    and the iteration goes on."""
+    cluster = trainer.cluster
+    assert cluster.reward is not None
+    ray.kill(cluster.reward, no_restart=True)
+    m = trainer.train_iteration(4)
+    assert m["cluster/worker_restarts"] == 1 and m["loss/optimizer_steps"] == 1
+
+
 def test_restart_budget_is_enforced(trainer):
     cluster = trainer.cluster
     cluster.c.max_worker_restarts = cluster.restarts  # no restart left
     ray.kill(cluster.workers[0], no_restart=True)
     with pytest.raises(RuntimeError, match="max_worker_restarts"):
-        trainer.rollout(4, {"generate": 0.0, "env": 0.0})
+        trainer.rollout(5, {"generate": 0.0, "env": 0.0})
 
 
 def _batch_with_advantages(trainer, ids, attn):
