@@ -3,12 +3,12 @@
 
 The driver holds no copy of the policy: it keeps the tokenizer, template, the algo and its state across
 iterations, and the evaluation envs. The shaper, with any model it loads, runs on the reward worker. The rollout
-workers play the training episodes (with the method's episode program) and generate for the driver's evaluation and for an algo state's sampling between rollouts; the learner
-ranks compute reference log-probs, critic values and the learner's own log-probs on their shares of the batch,
-train, and write the checkpoint's `policy/` (rank 0: the full gathered weights, safetensors). The checkpoint also
-carries DeepSpeed's own sharded state under `deepspeed/`, moved in before the manifest is written, so
-`resume=auto` restores the optimizer partitions as atomically as everything else (same `num_learners` and
-`zero_stage` required).
+workers play the training episodes (with the method's episode program) and generate for the driver's evaluation
+and for an algo state's sampling between rollouts; the learner ranks compute reference log-probs, critic values
+and the learner's own log-probs on their shares of the batch, train, and write the checkpoint's `policy/` (rank 0:
+the full gathered weights, safetensors). The checkpoint also carries DeepSpeed's own sharded state under
+`deepspeed/`, moved in before the manifest is written, so `resume=auto` restores the optimizer partitions as
+atomically as everything else (same `num_learners` and `zero_stage` required).
 
 RNG: the driver's torch RNG is the run's single sampling stream, as in cluster=local: rollout worker 0 (and the
 reward worker, for a shaper that samples) draws from it and hands it back, and the minibatch orders are drawn
@@ -88,7 +88,7 @@ class RayTrainer(Trainer):
         return None, load_tokenizer(path, self.cfg.policy.trust_remote_code)  # the workers and ranks load it
 
     def build_learner(self, base_path: Path) -> RayLearner:
-        """Start the cluster: learner ranks (with their reference and critic) and rollout workers."""
+        """Start the cluster: learner ranks (with their reference and critic), rollout workers, the reward worker."""
         return start_cluster(self, base_path, with_rollout=True)
 
     def build_reward(self, base_path: Path) -> RemoteShaper:
