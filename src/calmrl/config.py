@@ -57,6 +57,7 @@ from calmrl.schemas.shaper import (
     PRMMinFormConfig,
     ShaperConfig,
     TRegShaperConfig,
+    shapes_rewards,
 )
 
 SCHEMAS: dict[str, dict[str, type]] = {
@@ -127,7 +128,9 @@ def _validate_multiagent(cfg: DictConfig, algos: tuple[str, ...], envs: tuple[st
         cfg.algo.name in algos,
         f"env={cfg.env.name} is a multi-agent task; use algo={' or algo='.join(algos)} (got algo={cfg.algo.name})",
     )
-    require(cfg.shaper.name == "none", f"algo={cfg.algo.name} takes no reward shaper; drop shaper={cfg.shaper.name}")
+    require(
+        not shapes_rewards(cfg.shaper), f"algo={cfg.algo.name} takes no reward shaper; drop shaper={cfg.shaper.name}"
+    )
     validate_algo(cfg.algo)
     env = cfg.env
     require(env.size >= 2, f"env.size must be >= 2, got {env.size}")
@@ -376,7 +379,7 @@ def _validate_preference(cfg: DictConfig) -> None:
         require(Path(data).expanduser().exists(), f"data={data} does not exist")
         require(algo.kl_coef == 0, f"algo={algo.name} keeps pi near pi_ref through algo.beta; set algo.kl_coef=0")
         require(
-            cfg.shaper.name == "none",
+            not shapes_rewards(cfg.shaper),
             f"algo={algo.name} trains on a fixed data set, which no shaper={cfg.shaper.name} touches; use shaper=none"
             + (" (algo=dpo_treg computes its T-REG token rewards itself)" if cfg.shaper.name == "treg" else ""),
         )

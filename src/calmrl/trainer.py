@@ -26,7 +26,7 @@ from calmrl.algos.segments import group_index
 from calmrl.data import apply_penalty_rule, build_batch, fold_shaping, penalty_rule
 from calmrl.envs import make_env, make_pool
 from calmrl.errors import ConfigError
-from calmrl.learners.build import build_local_learner
+from calmrl.learners.build import build_local_learner, reference_and_critic_paths
 from calmrl.learners.checkpoint import restore_rng
 from calmrl.learners.critic import ValueModel
 from calmrl.policy import PromptTemplate, build_tiny_policy, load_policy
@@ -103,11 +103,12 @@ class Trainer:
         critic roles it hosts (`calmrl.learners.build`). RayTrainer overrides this: its learner ranks are Ray actors,
         which load their own."""
         cfg = self.cfg
+        ref_path, critic_path = reference_and_critic_paths(cfg.algo, self.method, base_path)
         ref_model = None
-        if cfg.algo.kl_coef > 0 or self.method.needs_ref:
-            ref_model, _ = load_policy(base_path, cfg.policy.dtype, cfg.policy.trust_remote_code, self.device)
+        if ref_path is not None:
+            ref_model, _ = load_policy(ref_path, cfg.policy.dtype, cfg.policy.trust_remote_code, self.device)
             ref_model.eval().requires_grad_(False)
-        critic = self._build_critic(base_path) if self.method.needs_critic else None
+        critic = self._build_critic(critic_path) if critic_path is not None else None
         learner, self.checkpoints = build_local_learner(
             cfg, self.model, self.resume_from, self.checkpoints, ref_model=ref_model, critic=critic
         )
@@ -122,10 +123,9 @@ class Trainer:
         )
         return build_shaper(cfg.shaper, context)
 
-    def _build_critic(self, base_path: Path) -> ValueModel:
-        """The value model (algo.critic_path, default the policy's own trunk), with a resumed run's weights."""
+    def _build_critic(self, critic_path: Path) -> ValueModel:
+        """The value model loaded from `critic_path`, with a resumed run's weights."""
         cfg = self.cfg
-        critic_path = Path(cfg.algo.critic_path).expanduser() if cfg.algo.get("critic_path") else base_path
         critic = ValueModel.from_pretrained(critic_path, DTYPES[str(cfg.policy.dtype)]).to(self.device)
         if self.resume_from is not None:
             state = self.resume_from.extra_state_dict("critic")

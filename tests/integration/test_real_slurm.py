@@ -184,9 +184,8 @@ def test_two_node_ray_bringup(slurm, tmp_path, auth_mode):
 @pytest.mark.slow
 def test_two_node_ray_deepspeed_job_trains(slurm, tmp_path):
     """The command of a multi-node run: `hydra.launcher.nodes=2 cluster=ray learner=deepspeed`. The two learner
-    ranks, the rollout worker and the reward worker need 4 CPUs and each node offers 2, so the placement spans both
-    nodes; the
-    ranks' DeepSpeed world (gloo) rendezvous across them."""
+    ranks and the rollout worker need 3 CPUs (shaper=none: no reward worker) and each node offers 2, so the placement
+    spans both nodes; the ranks' DeepSpeed world (gloo) rendezvous across them."""
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
         [

@@ -55,6 +55,8 @@ def test_ray_deepspeed_first_iteration_matches_local_torch(local_run, workdir, s
     for key in ("loss/neg_logprob", "loss/grad_norm"):
         assert first[key] == pytest.approx(ref[key], rel=REL), key
     assert first["loss/optimizer_steps"] == 1 and first["perf/weight_sync_s"] > 0
+    placement = (run / "train.log").read_text().split("Ray placement: ")[1].splitlines()[0]
+    assert "rollout workers on" in placement and "reward worker" not in placement  # shaper=none: the driver's
     # the checkpoint: full weights loadable by transformers, and DeepSpeed's sharded state alongside
     ckpt = run / "checkpoints" / "step_00000002"
     assert (ckpt / "policy" / "model.safetensors").is_file()

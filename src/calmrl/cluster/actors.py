@@ -47,6 +47,8 @@ class LearnerActor:
         """Join the process group, load the policy (the reference for a KL term or a method that reads it, the
         critic for a critic method), wrap what trains in DeepSpeed, and restore DeepSpeed's own state from a
         checkpoint's `deepspeed/` when resuming (the critic's included)."""
+        from calmrl.algos import ALGOS
+        from calmrl.learners.build import reference_and_critic_paths
         from calmrl.learners.deepspeed import DeepSpeedLearner, init_distributed
         from calmrl.policy import load_policy
 
@@ -57,15 +59,15 @@ class LearnerActor:
         # fp32 on load: DeepSpeed casts the module to bf16 itself when learner.dtype=bfloat16 and keeps fp32
         # master weights in the optimizer
         model, _ = load_policy(policy_path, "float32", policy.trust_remote_code)
-        ref = None
-        if algo.kl_coef > 0 or cfg["needs_ref"]:
-            ref, _ = load_policy(base_path, policy.dtype, policy.trust_remote_code)
+        ref_path, critic_path = reference_and_critic_paths(algo, ALGOS.get(algo.name), base_path)
+        ref = critic = None
+        if ref_path is not None:
+            ref, _ = load_policy(ref_path, policy.dtype, policy.trust_remote_code)
             ref.eval().requires_grad_(False)
-        critic = None
-        if cfg["needs_critic"]:
+        if critic_path is not None:
             from calmrl.learners.critic import ValueModel
 
-            critic = ValueModel.from_pretrained(Path(algo.get("critic_path") or base_path).expanduser())
+            critic = ValueModel.from_pretrained(critic_path)  # fp32, as the policy above
         self.learner = DeepSpeedLearner(model, algo, learner, ref_model=ref, critic=critic)
         if state_dir is not None:
             self.learner.load_state(state_dir)

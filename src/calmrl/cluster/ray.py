@@ -14,9 +14,10 @@ puts them in Ray's object store once; every worker reads them from there (zero-c
 Rollout-worker failure: a rollout call that finds a worker dead (killed, OOM, node lost) starts a new worker in
 the dead one's bundle, loads the latest synced weights into it, and retries the whole rollout with the same RNG
 state, so the retried iteration is the one the run would have had (up to `max_worker_restarts` times per run,
-then the run stops with the error; `resume=auto` continues it from the last checkpoint). The reward worker (the
-shaper, with any model it loads; its own bundle, the placement group's last) is restarted and its call retried the
-same way. A learner failure ends the run the same way: the DeepSpeed world cannot lose a rank mid-step.
+then the run stops with the error; `resume=auto` continues it from the last checkpoint). The reward worker
+(the shaper, with any model it loads; its own bundle, the placement group's last; none for `shaper=none`, which
+the driver applies) is restarted and its call retried the same way. A learner failure ends the run the same
+way: the DeepSpeed world cannot lose a rank mid-step.
 """
 
 from __future__ import annotations
@@ -31,20 +32,22 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from calmrl.cluster.actors import LearnerActor, RewardWorker, RolloutWorker, worker_seed
+from calmrl.schemas.shaper import shapes_rewards
 
 log = logging.getLogger(__name__)
 
 
-def bundles(c, with_rollout: bool = True) -> tuple[list[dict], list[int], list[int]]:
+def bundles(c, with_rollout: bool = True, with_reward: bool = True) -> tuple[list[dict], list[int], list[int]]:
     """(placement group bundles, bundle index of each learner rank, bundle index of each rollout worker). With
-    rollouts the last bundle is the reward worker's, in either placement; `with_rollout=False`: learner bundles
-    only (the preference algos train on a data set: no rollout, no shaping)."""
+    rollouts and `with_reward` (a shaper that is not the identity) the last bundle is the reward worker's, in
+    either placement; `with_rollout=False`: learner bundles only (the preference algos train on a data set: no
+    rollout, no shaping)."""
 
     def res(cpus, gpus):
         return {"CPU": float(cpus), **({"GPU": float(gpus)} if gpus else {})}
 
     n, m = int(c.num_learners), int(c.num_rollout_workers) if with_rollout else 0
-    reward = [res(c.reward_cpus, c.reward_gpus)] if with_rollout else []
+    reward = [res(c.reward_cpus, c.reward_gpus)] if with_rollout and with_reward else []
     if str(c.placement) == "split":
         out = [res(c.learner_cpus, c.learner_gpus)] * n + [res(c.rollout_cpus, c.rollout_gpus)] * m
         return out + reward, list(range(n)), list(range(n, n + m))
@@ -53,7 +56,7 @@ def bundles(c, with_rollout: bool = True) -> tuple[list[dict], list[int], list[i
     return out + reward, list(range(n)), [j % n for j in range(m)]
 
 
-def start_ray(c, with_rollout: bool = True) -> None:
+def start_ray(c, with_rollout: bool = True, with_reward: bool = True) -> None:
     """Connect to `cluster.address`, or start a local cluster big enough for the placement group (its CPUs are
     logical: on a small machine the actors share the cores, which only costs speed)."""
     import ray
@@ -64,7 +67,7 @@ def start_ray(c, with_rollout: bool = True) -> None:
     if c.address:
         ray.init(address=c.address, **kwargs)
         return
-    spec = bundles(c, with_rollout)[0]
+    spec = bundles(c, with_rollout, with_reward)[0]
     need = math.ceil(sum(b["CPU"] for b in spec))
     gpus = math.ceil(sum(b.get("GPU", 0.0) for b in spec))
     # address="local": a new cluster even where `ray start` left one running on this machine (ray.init would
@@ -88,7 +91,9 @@ def placement_summary(pg, learner_bundles: list[int], worker_bundles: list[int],
 
     out = f"learner ranks on {where(learner_bundles)}"
     if worker_bundles:
-        out += f"; rollout workers on {where(worker_bundles)}; reward worker on {where([reward_bundle])}"
+        out += f"; rollout workers on {where(worker_bundles)}"
+    if reward_bundle is not None:
+        out += f"; reward worker on {where([reward_bundle])}"
     return out
 
 
@@ -115,11 +120,13 @@ class RayCluster:
         self.restarts = 0
         self.timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        start_ray(self.c, with_rollout)
+        # the identity shaper runs on the driver: no worker to start, no batch to send and take back
+        with_reward = with_rollout and shapes_rewards(cfg.shaper)
+        start_ray(self.c, with_rollout, with_reward)
         self.timings["ray_init_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        spec, learner_bundles, self.worker_bundles = bundles(self.c, with_rollout)
+        spec, learner_bundles, self.worker_bundles = bundles(self.c, with_rollout, with_reward)
         self.pg = placement_group(spec, strategy=str(self.c.strategy))
         try:
             ray.get(self.pg.ready(), timeout=float(self.c.placement_timeout_s))
@@ -129,7 +136,7 @@ class RayCluster:
                 f"(cluster resources: {ray.cluster_resources()}); lower cluster.*_cpus / *_gpus or add nodes"
             ) from None
         self.timings["placement_s"] = time.perf_counter() - t0
-        self.reward_bundle = len(spec) - 1 if with_rollout else None
+        self.reward_bundle = len(spec) - 1 if with_reward else None
         log.info(
             "Ray placement: %s", placement_summary(self.pg, learner_bundles, self.worker_bundles, self.reward_bundle)
         )
@@ -138,16 +145,12 @@ class RayCluster:
         )
 
         # the configs the actors need, resolved here where Hydra's interpolations work
-        from calmrl.algos import ALGOS
-
         self.actor_cfg = {
             k: OmegaConf.to_container(cfg[k], resolve=True)
             for k in ("algo", "learner", "policy", "env", "rollout", "shaper")
         }
         self.actor_cfg["device"] = str(cfg.device)
         self.actor_cfg["seed"] = int(cfg.seed)
-        method = ALGOS.get(cfg.algo.name)
-        self.actor_cfg["needs_ref"], self.actor_cfg["needs_critic"] = method.needs_ref, method.needs_critic
         threads = self.c.num_threads
         env_vars = {"DS_ACCELERATOR": "cpu"} if not self.c.learner_gpus else {}
         if threads:
@@ -190,7 +193,7 @@ class RayCluster:
         t0 = time.perf_counter()
         self.base_path = str(base_path)
         self._reward_cls = ray.remote(RewardWorker)
-        self.reward = self._start_reward_worker() if with_rollout else None
+        self.reward = self._start_reward_worker() if with_reward else None
         if self.reward is not None:
             ray.get(self.reward.ping.remote())
         self.timings["reward_s"] = time.perf_counter() - t0

@@ -2,13 +2,14 @@
 `RayCluster`; `RayPreferenceTrainer`: the preference loop, unchanged, with its pair losses on the learner ranks.
 
 The driver holds no copy of the policy: it keeps the tokenizer, template, the algo and its state across
-iterations, and the evaluation envs. The shaper, with any model it loads, runs on the reward worker. The rollout
-workers play the training episodes (with the method's episode program) and generate for the driver's evaluation
-and for an algo state's sampling between rollouts; the learner ranks compute reference log-probs, critic values
-and the learner's own log-probs on their shares of the batch, train, and write the checkpoint's `policy/` (rank 0:
-the full gathered weights, safetensors). The checkpoint also carries DeepSpeed's own sharded state under
-`deepspeed/`, moved in before the manifest is written, so `resume=auto` restores the optimizer partitions as
-atomically as everything else (same `num_learners` and `zero_stage` required).
+iterations, and the evaluation envs. The shaper, with any model it loads, runs on the reward worker (the identity,
+`shaper=none`, on the driver). The rollout workers play the training episodes (with the method's episode
+program) and generate for the driver's evaluation and for an algo state's sampling between rollouts; the learner
+ranks compute reference log-probs, critic values and the learner's own log-probs on their shares of the batch,
+train, and write the checkpoint's `policy/` (rank 0: the full gathered weights, safetensors). The checkpoint also
+carries DeepSpeed's own sharded state under `deepspeed/`, moved in before the manifest is written, so
+`resume=auto` restores the optimizer partitions as atomically as everything else (same `num_learners` and
+`zero_stage` required).
 
 RNG: the driver's torch RNG is the run's single sampling stream, as in cluster=local: rollout worker 0 (and the
 reward worker, for a shaper that samples) draws from it and hands it back, and the minibatch orders are drawn
@@ -91,7 +92,9 @@ class RayTrainer(Trainer):
         """Start the cluster: learner ranks (with their reference and critic), rollout workers, the reward worker."""
         return start_cluster(self, base_path, with_rollout=True)
 
-    def build_reward(self, base_path: Path) -> RemoteShaper:
+    def build_reward(self, base_path: Path):
+        if self.cluster.reward is None:  # the identity shaper (shaper=none): nothing to host, it stays here
+            return super().build_reward(base_path)
         return RemoteShaper(self.cluster)  # the shaper and its models live on the reward worker
 
     def build_generators(self, load_path: Path):

@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from calmrl.errors import ConfigError
 from calmrl.learners.checkpoint import CheckpointManager, LearnerStateCheckpoints
+
+
+def reference_and_critic_paths(algo_cfg, method, base_path) -> tuple[Path | None, Path | None]:
+    """Where the policy role's reference and critic load from, None for one the run does not need: the reference
+    (the initial policy) for a KL term or a method that reads ref_logprobs; the critic for a critic method, from
+    algo.critic_path or else the policy's own trunk. The one rule for every host of the role (this process, a Ray
+    learner rank)."""
+    ref = Path(base_path) if algo_cfg.kl_coef > 0 or method.needs_ref else None
+    critic = Path(algo_cfg.get("critic_path") or base_path).expanduser() if method.needs_critic else None
+    return ref, critic
 
 
 def build_local_learner(cfg, model, resume_from, checkpoints: CheckpointManager, ref_model=None, critic=None):

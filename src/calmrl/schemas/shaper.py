@@ -10,10 +10,19 @@ from calmrl.schemas.algo import TREG_BETTER, TREG_WORSE
 from calmrl.schemas.common import DType
 from calmrl.schemas.judge import JudgeConfig
 
+#: the shaper that leaves the env's rewards as they are (`shaper=none`)
+IDENTITY = "none"
+
 
 @dataclass
 class ShaperConfig:
-    name: str = "none"
+    name: str = IDENTITY
+
+
+def shapes_rewards(shaper_cfg) -> bool:
+    """Whether `shaper_cfg` adds dense rewards at all; the identity needs no reward role of its own (no worker, no
+    batch sent anywhere)."""
+    return shaper_cfg.name != IDENTITY
 
 
 @dataclass

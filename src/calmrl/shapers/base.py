@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from calmrl.data import Batch, Trajectory
 from calmrl.registry import Registry
+from calmrl.schemas.shaper import IDENTITY
 
 
 @dataclass
@@ -48,7 +49,7 @@ class NoShaping:
         return batch
 
 
-@SHAPERS.register("none")
+@SHAPERS.register(IDENTITY)
 def _no_shaping(cfg, ctx: ShaperContext) -> Shaper:
     return NoShaping()
 

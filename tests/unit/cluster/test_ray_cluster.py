@@ -40,6 +40,7 @@ def test_split_gives_every_actor_its_own_bundle():
     spec, learners, workers = bundles(c)
     assert spec == [{"CPU": 2.0, "GPU": 1.0}] * 2 + [{"CPU": 1.0}] * 3 + [{"CPU": 2.0, "GPU": 0.5}]  # reward last
     assert bundles(c, with_rollout=False)[0] == [{"CPU": 2.0, "GPU": 1.0}] * 2  # dpo: the learner ranks only
+    assert bundles(c, with_reward=False)[0] == spec[:-1]  # shaper=none: no reward worker
     assert learners == [0, 1] and workers == [2, 3, 4]
 
 
@@ -51,6 +52,7 @@ def test_colocate_puts_worker_j_with_learner_j_mod_n_and_sums_resources():
     spec, learners, workers = bundles(c)
     assert workers == [0, 1, 0] and learners == [0, 1]
     assert spec == [{"CPU": 3.0, "GPU": 1.0}, {"CPU": 2.0, "GPU": 0.75}, {"CPU": 1.0}]  # the reward worker's last
+    assert bundles(c, with_reward=False)[0] == spec[:-1]
 
 
 def test_config_pairs_deepspeed_with_ray_and_refuses_what_it_cannot_run(tmp_path):
@@ -101,10 +103,12 @@ def test_the_preference_driver_holds_no_model_and_starts_no_rollout_worker(local
 
 @pytest.fixture(scope="module")
 def trainer(local_ray, tmp_path_factory):
-    """A RayTrainer (2 ZeRO-3 ranks, 2 rollout workers) that has run one iteration."""
+    """A RayTrainer (2 ZeRO-3 ranks, 2 rollout workers, CALM's oracle judge on the reward worker) that has run one
+    iteration."""
     from calmrl.loops import build_trainer
 
-    t = build_trainer(make("learner.zero_stage=3", "cluster.num_rollout_workers=2"), tmp_path_factory.mktemp("run"))
+    cfg = make("learner.zero_stage=3", "cluster.num_rollout_workers=2", "shaper=calm")
+    t = build_trainer(cfg, tmp_path_factory.mktemp("run"))
     t.first = t.train_iteration(1)
     yield t
     t.cluster.shutdown()
@@ -179,8 +183,7 @@ def test_killed_worker_is_restarted_and_the_rollout_retried_exactly(trainer):
 
 
 def test_killed_reward_worker_is_restarted_and_the_shaping_retried(trainer):
-    """The fixture's shaper is the identity, on the reward worker all the same: a killed reward worker is restarted
-    and the iteration goes on."""
+    """A killed reward worker (the fixture's shaper=calm) is restarted and the iteration goes on."""
     cluster = trainer.cluster
     assert cluster.reward is not None
     ray.kill(cluster.reward, no_restart=True)
