@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig
 
 from calmrl.algos import ALGOS
+from calmrl.algos.registry import observe
 from calmrl.algos.segments import group_index
 from calmrl.data import apply_penalty_rule, build_batch, fold_shaping, penalty_rule
 from calmrl.envs import make_env, make_pool
@@ -50,27 +51,11 @@ class Trainer:
         load_path = self.resume_from.policy_dir if self.resume_from else base_path
         self.model, self.tokenizer = self.load_policy_copy(load_path)
         self.method = ALGOS.get(cfg.algo.name)
-        # algos with state across iterations (ArCHer's utterance critic, MA-PPO's parse table): see AlgoState
-        self.algo_state = None
-        if self.method.state is not None:
-            self.algo_state = self.method.state(
-                cfg.algo,
-                tokenizer=self.tokenizer,
-                policy_path=base_path,
-                run_dir=self.run_dir,
-                device=self.device,
-                seed=cfg.seed,
-            )
-            if self.resume_from is not None:
-                saved = self.resume_from.extra_state_dict("algo_state")
-                if saved is None:
-                    raise ConfigError(
-                        f"{self.resume_from.path} holds no algo state; it was not written by algo={cfg.algo.name}"
-                    )
-                self.algo_state.load_state_dict(saved)
         self.template = PromptTemplate(tokenizer=self.tokenizer, **cfg.policy.template)
         self.learner = self.build_learner(base_path)
         self.shaper = self.build_reward(base_path)
+        # algos with state across iterations (ArCHer's utterance critic, MA-PPO's parse table): see AlgoState
+        self.algo_state = self.build_algo_state(base_path) if self.method.state is not None else None
         self.engine, self.sample, self.greedy = self.build_generators(load_path)
         self.policy_weights = self.model  # what the checkpoint's policy/ is written from (save_pretrained)
         n = cfg.rollout.num_groups * cfg.rollout.group_size
@@ -122,6 +107,34 @@ class Trainer:
             tokenizer=self.tokenizer, device=self.device, run_dir=self.run_dir, policy_path=base_path, env_cfg=cfg.env
         )
         return build_shaper(cfg.shaper, context)
+
+    def build_algo_state(self, base_path: Path) -> LocalAlgoState:
+        """The method's state across iterations, in this process, with a resumed run's tensors. RayTrainer
+        overrides this for a state that holds a model: it lives on the state worker."""
+        cfg = self.cfg
+        state = self.method.state(
+            cfg.algo,
+            tokenizer=self.tokenizer,
+            policy_path=base_path,
+            run_dir=self.run_dir,
+            device=self.device,
+            seed=cfg.seed,
+        )
+        saved = self.saved_algo_state()
+        if saved is not None:
+            state.load_state_dict(saved)
+        return LocalAlgoState(self.method, cfg.algo, state)
+
+    def saved_algo_state(self) -> dict[str, torch.Tensor] | None:
+        """The algo state a resumed run's checkpoint holds (None for a fresh run); an error if it holds none."""
+        if self.resume_from is None:
+            return None
+        saved = self.resume_from.extra_state_dict("algo_state")
+        if saved is None:
+            raise ConfigError(
+                f"{self.resume_from.path} holds no algo state; it was not written by algo={self.cfg.algo.name}"
+            )
+        return saved
 
     def _build_critic(self, critic_path: Path) -> ValueModel:
         """The value model loaded from `critic_path`, with a resumed run's weights."""
@@ -200,12 +213,13 @@ class Trainer:
             batch.ref_logprobs = self.learner.reference_logprobs(batch)
         if self.method.needs_critic:
             batch.values = self.learner.critic_values(batch)
-        algo_kwargs, algo_metrics = {}, {}
+        algo_metrics = {}
         if self.algo_state is not None:
             sample = lambda prompts: [g.text for g in self.sample(prompts)]  # noqa: E731
-            algo_metrics = self.algo_state.observe(used, batch, it, sample=sample)
-            algo_kwargs["state"] = self.algo_state
-        batch.advantages = self.method(batch, cfg.algo, **algo_kwargs)
+            algo_metrics = self.algo_state.observe(used, batch, it, sample)
+            batch.advantages = self.algo_state.advantages(batch)
+        else:
+            batch.advantages = self.method(batch, cfg.algo)
         # the engine's sampling log-probs against the learner's own: logged, and corrected if rollout.correction says
         # (one no-grad pass over the batch: every rollout.mismatch_every iterations, or each one a correction needs it)
         train_batch, mismatch, corrected = batch, {}, {}
@@ -309,6 +323,25 @@ class Trainer:
             f"metrics: {summary['metrics_file']}\ncheckpoints: {summary['checkpoint_dir']}"
         )
         return summary, message
+
+
+class LocalAlgoState:
+    """The loop's view of a method's state across iterations (`calmrl.algos.registry.AlgoState`), hosted in this
+    process. `calmrl.cluster.trainer.RemoteAlgoState` is the same view of one on the state worker."""
+
+    def __init__(self, method, algo_cfg, state):
+        self.method, self.algo, self.state = method, algo_cfg, state
+
+    def observe(self, trajectories, batch, it: int, sample) -> dict[str, float]:
+        """The state sees this iteration (`sample(prompts) -> texts` answers its questions to the policy)."""
+        return observe(self.state, trajectories, batch, it, sample)
+
+    def advantages(self, batch) -> torch.Tensor:
+        """advantages [N, L] of the batch the state last observed."""
+        return self.method(batch, self.algo, state=self.state)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.state.state_dict()
 
 
 def _shaping_metrics(batch) -> dict[str, float]:

@@ -2,14 +2,15 @@
 state across iterations) train under `cluster=ray learner=deepspeed` as under `cluster=local learner=torch`, and
 resume there.
 
-Each case is one multirun per placement (a local Ray cluster starts once per command, its jobs share it). Why
+Each case is one multirun per placement (a local Ray cluster starts once per command and its jobs share it; it
+starts again, bigger, for a job whose placement does not fit: archer's state worker after pure's 4 bundles). Why
 the first iteration must match: test_scaleout.py's docstring (one rollout worker continues the driver's RNG
 stream). What runs where under Ray: the episodes, with the method's episode program (brpo's budgeted thinking),
-on the rollout worker; the shapers and the algo's state on the driver, on the trajectories the worker returns
-(ArCHer's critic samples its V targets from the rollout worker, on the same RNG stream); the policy loss on 2
-DeepSpeed ranks, and a critic method's value model there too. So every rollout / reward / credit metric is
-equal, and the policy and critic losses are equal to the float rounding of 2 ranks against one process (bounds
-as in test_scaleout.py).
+on the rollout worker; the shapers on the reward worker; ArCHer's utterance critic and replay buffer on the state
+worker (its initial weights, and the policy's samples for its V targets, drawn from the driver's RNG stream),
+MA-PPO's parse table on the driver; the policy loss on 2 DeepSpeed ranks, and a critic method's value model
+there too. So every rollout / reward / credit metric is equal, and the policy and critic losses are equal to the
+float rounding of 2 ranks against one process (bounds as in test_scaleout.py).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ MATH = [
 ]
 RAY = ["cluster=ray", "learner=deepspeed"]
 EXACT = ("rollout/", "reward/", "credit/", "judge/")  # computed from the sampled episodes alone
-TRAINED = ("loss/", "critic/")  # the ranks' updates (ArCHer's critic/ is the driver's, held to the same bound)
+TRAINED = ("loss/", "critic/")  # the ranks' updates (ArCHer's critic/ is the state worker's, held to the same bound)
 LOSS_ABS, REL = 1e-6, 1e-5
 
 
@@ -57,10 +58,17 @@ def train(cwd: Path, sweep: str, *args: str, iters: int = 1):
     )
 
 
+def placement(job: Path) -> str:
+    """The 'Ray placement: ...' line of a job's train.log."""
+    return (job / "train.log").read_text().split("Ray placement: ")[1].splitlines()[0]
+
+
 def check_ray_matches_local_and_resumes(cwd: Path, name: str, args: list[str], jobs: int):
     train(cwd, f"runs/{name}-local", *args)
     train(cwd, f"runs/{name}-ray", *args, *RAY)
     local, ray = job_metrics(cwd / "runs" / f"{name}-local"), job_metrics(cwd / "runs" / f"{name}-ray")
+    for job in ray:  # only a state that holds a model (ArCHer's critic) leaves the driver
+        assert ("; state worker on" in placement(cwd / "runs" / f"{name}-ray" / job)) == ("archer" in job), job
     assert sorted(local) == sorted(ray) and len(ray) == jobs, (sorted(local), sorted(ray))
     for job in ray:
         (got,), (want,) = ray[job], local[job]
@@ -97,7 +105,7 @@ def test_implicit_q_under_ray_matches_local_and_resumes(workdir):
 def test_own_rollout_stateful_and_critic_algos_with_a_prm_under_ray_match_local_and_resume(workdir):
     """On env=math, shaped by shaper=prm_minform (a PRM model loaded from shaper.prm.path scores every step):
     algo=pure (its min-form credit), algo=brpo (budgeted thinking + summaries, played on the rollout worker),
-    algo=archer (its utterance critic and replay buffer kept across iterations, on the driver), and the critic
+    algo=archer (its utterance critic and replay buffer kept across iterations, on the state worker), and the critic
     methods algo=ppo and algo=ma_ppo (the value model trained on the DeepSpeed ranks, its values computed there;
     ma_ppo's macro-action table kept on the driver)."""
     prm = build_prm(workdir / "prm")

@@ -27,8 +27,9 @@ episode was cut at `env.max_steps` (the rollout records no prompt after it). The
 reward after shaping (`batch.rewards`), so shapers compose with ArCHer.
 
 The critic is state the on-policy `advantage_fn(batch)` shape does not have, so `algo=archer` registers
-`ArcherState` (a `calmrl.algos.registry.AlgoState`): the trainer builds it once, calls `observe` each
-iteration (add transitions, train the critic, score the batch's turns) and checkpoints its tensors.
+`ArcherState` (a `calmrl.algos.registry.AlgoState`): the trainer builds it once, lets it see each iteration
+(`begin`: add transitions, draw the critic's minibatches; the policy samples a' at their states; `end`: train
+the critic, score the batch's turns) and checkpoints its tensors. Under cluster=ray it lives on a worker.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from calmrl.algos.registry import register
+from calmrl.algos.registry import observe, register
 from calmrl.algos.segments import to_tokens
 from calmrl.learners.archer_critic import (
     ReplayBuffer,
@@ -79,6 +80,8 @@ def turn_transitions(trajectories, rewards: torch.Tensor, decode) -> list[Transi
 class ArcherState:
     """ArCHer's critic, its target copy, optimizer and replay buffer, and the advantages of the last batch."""
 
+    holds_model = True  # the critic: under cluster=ray the state lives on a worker of its own
+
     def __init__(self, cfg, tokenizer=None, policy_path=None, run_dir=None, device="cpu", seed: int = 0, **_context):
         self.cfg = cfg
         self.tokenizer = tokenizer  # the policy's: turns prompt ids back into the state text
@@ -96,34 +99,57 @@ class ArcherState:
         self.optimizer = torch.optim.Adam(self.critic.parameters(), lr=float(cfg.critic_lr))
         self.buffer = ReplayBuffer(int(cfg.replay_capacity))
         self.generator = torch.Generator().manual_seed(int(seed))
-        self.row_advantages: torch.Tensor | None = None  # [N] for the batch last given to `observe`
+        self.row_advantages: torch.Tensor | None = None  # [N] for the batch last given to `begin`
+        self.turns: list[Transition] = []
+        self.minibatches: list[list[Transition]] = []
 
-    # ------------------------------------------------------------------ one iteration
-    def observe(self, trajectories, batch, it: int, sample=None) -> dict[str, float]:
-        """Store the batch's turns, train the critic, then score the turns with the updated critic."""
+    # ------------------------------------------------------------------ one iteration (AlgoState's two halves)
+    def begin(self, trajectories, batch, it: int) -> list[list[str]]:
+        """Store the batch's turns and draw this iteration's `critic_steps` minibatches from the buffer; returns
+        each minibatch's states, at which the V targets need a fresh action a' of the current policy (nothing to
+        ask under v_target_action=buffer)."""
         decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731
-        turns = turn_transitions(trajectories, batch.rewards, decode)
-        self.buffer.add(turns)
-        use_policy = str(self.cfg.v_target_action) == "policy" and sample is not None
+        self.turns = turn_transitions(trajectories, batch.rewards, decode)
+        self.buffer.add(self.turns)
+        size = int(self.cfg.critic_batch_size)
+        # the buffer draws come from the state's own generator, the policy's samples from the run's stream: drawing
+        # every minibatch first leaves both sequences as they are when each step samples in turn
+        self.minibatches = [self.buffer.sample(size, self.generator) for _ in range(int(self.cfg.critic_steps))]
+        if str(self.cfg.v_target_action) != "policy":
+            return []
+        return [[t.state for t in minibatch] for minibatch in self.minibatches]
+
+    def end(self, responses: list[list[str]] | None) -> dict[str, float]:
+        """Train the critic on the minibatches `begin` drew (a' = `responses`, one list per minibatch; empty or
+        None: the stored actions), then score the batch's turns with the updated critic."""
+        if responses and len(responses) != len(self.minibatches):
+            raise ValueError(f"{len(responses)} response lists for {len(self.minibatches)} critic minibatches")
         totals: dict[str, float] = {}
         done_steps = 0
-        for _ in range(int(self.cfg.critic_steps)):
-            metrics = self.critic_step(
-                self.buffer.sample(int(self.cfg.critic_batch_size), self.generator), sample if use_policy else None
-            )
+        for k, minibatch in enumerate(self.minibatches):
+            metrics = self.critic_step(minibatch, responses[k] if responses else None)
             if metrics is None:
                 continue
             done_steps += 1
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + v
+            for key, v in metrics.items():
+                totals[key] = totals.get(key, 0.0) + v
         out = {k: v / max(done_steps, 1) for k, v in totals.items()}
-        self.row_advantages = self.score([t.state for t in turns], [t.action for t in turns])
+        self.row_advantages = self.score([t.state for t in self.turns], [t.action for t in self.turns])
         out["critic/replay_size"] = float(len(self.buffer))
         out["critic/steps"] = float(done_steps)
         return out
 
-    def critic_step(self, batch: list[Transition], sample=None) -> dict[str, float] | None:
-        """One optimizer step on the twin Q/V losses, then the soft target update. None if skipped."""
+    def observe(self, trajectories, batch, it: int, sample=None) -> dict[str, float]:
+        """Both halves in one call: `sample(prompts) -> texts` answers the V targets' questions to the policy
+        (None: the stored actions stand in for a')."""
+        if sample is None:
+            self.begin(trajectories, batch, it)
+            return self.end(None)
+        return observe(self, trajectories, batch, it, sample)
+
+    def critic_step(self, batch: list[Transition], pi_actions: list[str] | None = None) -> dict[str, float] | None:
+        """One optimizer step on the twin Q/V losses, then the soft target update. `pi_actions`: a' at the batch's
+        states (None: the stored actions). None if skipped."""
         states = [t.state for t in batch]
         actions = [t.action for t in batch]
         device = next(self.critic.parameters()).device
@@ -131,8 +157,7 @@ class ArcherState:
         done = torch.tensor([t.done for t in batch], dtype=torch.float32, device=device)
         with torch.no_grad():
             self.target.eval()
-            pi_actions = sample(states) if sample is not None else actions
-            tq1, tq2, _, _ = self.target(states, pi_actions)
+            tq1, tq2, _, _ = self.target(states, pi_actions if pi_actions is not None else actions)
             nv1, nv2 = self.target.values([t.next_state for t in batch])
             targets = critic_targets(reward, done, nv1, nv2, tq1, tq2, float(self.cfg.gamma))
         self.critic.train()
@@ -200,7 +225,7 @@ class ArcherState:
 def archer(batch, cfg, state: ArcherState | None = None) -> torch.Tensor:
     """advantages [N, L]: each turn's utterance-level advantage min Q - min V on every response token."""
     if state is None or state.row_advantages is None:
-        raise ValueError("archer needs its critic: the trainer builds ArcherState and calls observe() first")
+        raise ValueError("archer needs its critic: the trainer builds ArcherState and lets it observe the batch first")
     if state.row_advantages.numel() != len(batch):
         raise ValueError(f"the critic scored {state.row_advantages.numel()} turns but the batch has {len(batch)} rows")
     return to_tokens(state.row_advantages, batch.response_mask)

@@ -265,6 +265,8 @@ class MacroTokenTable:
     Nothing to learn or checkpoint; the trainer builds it (see `calmrl.algos.registry.AlgoState`).
     """
 
+    holds_model = False  # a table from the tokenizer: it stays with the loop, on any placement
+
     def __init__(self, cfg, tokenizer=None, **_context):
         self.ends_macro: torch.Tensor | None = None
         if str(cfg.get("termination", "ngram")) == "parse":
@@ -278,7 +280,10 @@ class MacroTokenTable:
         texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=True)
         return torch.tensor([any(c in t for c in chars) for t in texts], dtype=torch.bool)
 
-    def observe(self, trajectories, batch, it: int, sample=None) -> dict[str, float]:
+    def begin(self, trajectories, batch, it: int) -> list[list[str]]:
+        return []
+
+    def end(self, responses) -> dict[str, float]:
         return {}
 
     def state_dict(self) -> dict[str, torch.Tensor]:

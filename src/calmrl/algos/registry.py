@@ -20,16 +20,30 @@ REQUIREMENTS = frozenset({"ref_logprobs", "values"})
 class AlgoState(Protocol):
     """State an algo keeps across iterations (e.g. ArCHer's utterance critic and replay buffer).
 
-    Built by the trainer as `state(algo_cfg, tokenizer=..., policy_path=..., run_dir=..., device=..., seed=...)`;
-    `observe` runs once per iteration before the advantages and returns metrics; `sample(prompts) -> texts`
-    draws responses from the current policy. Its tensors are checkpointed as the `algo_state` extra.
+    Built by the trainer as `state(algo_cfg, tokenizer=..., policy_path=..., run_dir=..., device=..., seed=...)`.
+    Each iteration, before the advantages, it sees the iteration's trajectories and batch in two halves, so that
+    whoever hosts it (this process or a Ray worker) can answer its questions to the policy in between:
+    `begin` returns the prompts it wants the current policy's responses to (one list per sampling call, in
+    order), `end` takes the responses (one list of texts per prompt list) and returns metrics. Its tensors are
+    checkpointed as the `algo_state` extra.
     """
 
-    def observe(self, trajectories, batch, it: int, sample=None) -> dict[str, float]: ...
+    #: it holds a model of its own (ArCHer's critic): under cluster=ray it lives on a worker, not the driver
+    holds_model: bool
+
+    def begin(self, trajectories, batch, it: int) -> list[list[str]]: ...
+
+    def end(self, responses: list[list[str]]) -> dict[str, float]: ...
 
     def state_dict(self) -> dict[str, torch.Tensor]: ...
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+
+def observe(state: AlgoState, trajectories, batch, it: int, sample: Callable[[list[str]], list[str]]):
+    """One iteration of `state` in this process: `begin`, the policy's responses (`sample(prompts) -> texts`) to
+    each prompt list it asks about, `end`. Returns its metrics."""
+    return state.end([sample(prompts) for prompts in state.begin(trajectories, batch, it)])
 
 
 @dataclass(frozen=True)
@@ -87,7 +101,7 @@ def register(
     step's reward before credit assignment (`calmrl.data.fold_shaping`), so every shaper composes with every algo.
 
     `state`: a class for methods that keep state across iterations (see `AlgoState`); the trainer builds it
-    once, lets it `observe` each iteration's trajectories and calls `fn(batch, cfg, state=...)`.
+    once, lets it see each iteration's trajectories (`observe`) and calls `fn(batch, cfg, state=...)`.
     """
     unknown = set(requires) - REQUIREMENTS
     if unknown:

@@ -6,6 +6,8 @@ ranks at once (ZeRO gathers and reduces across them).
 plays the episodes it is given.
 `RewardWorker`: the reward role, the run's shaper with whatever model it loads (a PRM, a judge model, T-REG's
 reference, implicit-Q's two policies); shapes each iteration's batch.
+`StateWorker`: a method's state across iterations when it holds a model (ArCHer's utterance critic and replay
+buffer); sees each iteration's batch and computes its advantages.
 
 Configs arrive as plain dicts (resolved on the driver, where Hydra's interpolations work).
 """
@@ -269,6 +271,53 @@ class RewardWorker:
         torch.set_rng_state(rng_state)
         shaped = self.shaper(batch, trajectories)
         return shaped, getattr(self.shaper, "metrics", dict)(), torch.get_rng_state()
+
+
+class StateWorker:
+    def __init__(self, cfg: dict, policy_path: str, run_dir: str, num_threads: int | None):
+        _threads(num_threads)
+        self.cfg, self.policy_path, self.run_dir = cfg, policy_path, run_dir
+        self.state = self.batch = None
+
+    def ping(self) -> int:
+        return 0
+
+    def build(self, rng_state: torch.Tensor, saved: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        """Build the state of `cfg["algo"]` as the trainer builds it in one process (the policy's tokenizer and
+        initial weights, the run directory, the run's seed), drawing its initial weights from `rng_state`, the
+        driver's; load a resumed run's `saved` tensors. Returns the end RNG state."""
+        from calmrl.algos import ALGOS
+        from calmrl.policy import load_tokenizer
+        from calmrl.runs import pick_device
+
+        torch.set_rng_state(rng_state)
+        algo, policy = (OmegaConf.create(self.cfg[k]) for k in ("algo", "policy"))
+        self.method, self.algo = ALGOS.get(algo.name), algo
+        tokenizer = load_tokenizer(self.policy_path, policy.trust_remote_code)
+        self.state = self.method.state(
+            algo,
+            tokenizer=tokenizer,
+            policy_path=Path(self.policy_path),
+            run_dir=Path(self.run_dir),
+            device=pick_device(self.cfg["device"]),
+            seed=int(self.cfg["seed"]),
+        )
+        if saved is not None:
+            self.state.load_state_dict(saved)
+        return torch.get_rng_state()
+
+    def begin(self, trajectories, batch, it: int) -> list[list[str]]:
+        """The first half of the state's iteration (AlgoState.begin): the prompts it wants the policy's answers to."""
+        self.batch = batch
+        return self.state.begin(trajectories, batch, it)
+
+    def end(self, responses: list[list[str]]) -> tuple[dict[str, float], torch.Tensor]:
+        """(the state's metrics, the advantages [N, L] of the batch `begin` was given)."""
+        metrics = self.state.end(responses)
+        return metrics, self.method(self.batch, self.algo, state=self.state)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.state.state_dict()
 
 
 def worker_seed(seed: int, it: int, index: int) -> int:

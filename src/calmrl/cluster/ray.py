@@ -17,7 +17,9 @@ state, so the retried iteration is the one the run would have had (up to `max_wo
 then the run stops with the error; `resume=auto` continues it from the last checkpoint). The reward worker
 (the shaper, with any model it loads; its own bundle, the placement group's last; none for `shaper=none`, which
 the driver applies) is restarted and its call retried the same way. A learner failure ends the run the same
-way: the DeepSpeed world cannot lose a rank mid-step.
+way: the DeepSpeed world cannot lose a rank mid-step. So does a state worker's (an algo state that holds a model,
+ArCHer's critic and replay buffer; its own bundle, after the reward worker's): what it learned since the last
+checkpoint is lost with it.
 """
 
 from __future__ import annotations
@@ -31,23 +33,27 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from calmrl.cluster.actors import LearnerActor, RewardWorker, RolloutWorker, worker_seed
+from calmrl.algos import ALGOS
+from calmrl.cluster.actors import LearnerActor, RewardWorker, RolloutWorker, StateWorker, worker_seed
 from calmrl.schemas.shaper import shapes_rewards
 
 log = logging.getLogger(__name__)
 
 
-def bundles(c, with_rollout: bool = True, with_reward: bool = True) -> tuple[list[dict], list[int], list[int]]:
+def bundles(
+    c, with_rollout: bool = True, with_reward: bool = True, with_state: bool = False
+) -> tuple[list[dict], list[int], list[int]]:
     """(placement group bundles, bundle index of each learner rank, bundle index of each rollout worker). With
-    rollouts and `with_reward` (a shaper that is not the identity) the last bundle is the reward worker's, in
-    either placement; `with_rollout=False`: learner bundles only (the preference algos train on a data set: no
-    rollout, no shaping)."""
+    rollouts, in either placement, the reward worker's bundle (`with_reward`: a shaper that is not the identity)
+    and then the state worker's (`with_state`: an algo state that holds a model) come last; `with_rollout=False`:
+    learner bundles only (the preference algos train on a data set: no rollout, no shaping, no state)."""
 
     def res(cpus, gpus):
         return {"CPU": float(cpus), **({"GPU": float(gpus)} if gpus else {})}
 
     n, m = int(c.num_learners), int(c.num_rollout_workers) if with_rollout else 0
     reward = [res(c.reward_cpus, c.reward_gpus)] if with_rollout and with_reward else []
+    reward += [res(c.state_cpus, c.state_gpus)] if with_rollout and with_state else []
     if str(c.placement) == "split":
         out = [res(c.learner_cpus, c.learner_gpus)] * n + [res(c.rollout_cpus, c.rollout_gpus)] * m
         return out + reward, list(range(n)), list(range(n, n + m))
@@ -56,20 +62,26 @@ def bundles(c, with_rollout: bool = True, with_reward: bool = True) -> tuple[lis
     return out + reward, list(range(n)), [j % n for j in range(m)]
 
 
-def start_ray(c, with_rollout: bool = True, with_reward: bool = True) -> None:
+def start_ray(c, with_rollout: bool = True, with_reward: bool = True, with_state: bool = False) -> None:
     """Connect to `cluster.address`, or start a local cluster big enough for the placement group (its CPUs are
-    logical: on a small machine the actors share the cores, which only costs speed)."""
+    logical: on a small machine the actors share the cores, which only costs speed); one this process started
+    already is kept if the placement fits, else started again."""
     import ray
 
+    spec = bundles(c, with_rollout, with_reward, with_state)[0]
+    need = math.ceil(sum(b["CPU"] for b in spec))
+    gpus = math.ceil(sum(b.get("GPU", 0.0) for b in spec))
     if ray.is_initialized():
-        return
+        have = ray.cluster_resources()
+        if c.address or (have.get("CPU", 0) >= need and have.get("GPU", 0) >= gpus):
+            return
+        # the local cluster an earlier job of this multirun started is too small for this job's placement (an
+        # algo with a state worker after one without): start it again, bigger, instead of waiting for it
+        ray.shutdown()
     kwargs: dict = {"include_dashboard": False, "log_to_driver": True}
     if c.address:
         ray.init(address=c.address, **kwargs)
         return
-    spec = bundles(c, with_rollout, with_reward)[0]
-    need = math.ceil(sum(b["CPU"] for b in spec))
-    gpus = math.ceil(sum(b.get("GPU", 0.0) for b in spec))
     # address="local": a new cluster even where `ray start` left one running on this machine (ray.init would
     # join that one, and refuse the num_cpus given here)
     ray.init(
@@ -77,9 +89,11 @@ def start_ray(c, with_rollout: bool = True, with_reward: bool = True) -> None:
     )
 
 
-def placement_summary(pg, learner_bundles: list[int], worker_bundles: list[int], reward_bundle: int | None) -> str:
+def placement_summary(
+    pg, learner_bundles: list[int], worker_bundles: list[int], reward_bundle: int | None, state_bundle: int | None
+) -> str:
     """Where the placement group put each role, by node address: 'learner ranks on 10.0.0.1, 10.0.0.2; rollout
-    workers on 10.0.0.2; reward worker on 10.0.0.2'."""
+    workers on 10.0.0.2; reward worker on 10.0.0.2' (and the state worker's, if any)."""
     import ray
     from ray.util import placement_group_table
 
@@ -94,6 +108,8 @@ def placement_summary(pg, learner_bundles: list[int], worker_bundles: list[int],
         out += f"; rollout workers on {where(worker_bundles)}"
     if reward_bundle is not None:
         out += f"; reward worker on {where([reward_bundle])}"
+    if state_bundle is not None:
+        out += f"; state worker on {where([state_bundle])}"
     return out
 
 
@@ -120,13 +136,16 @@ class RayCluster:
         self.restarts = 0
         self.timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        # the identity shaper runs on the driver: no worker to start, no batch to send and take back
+        # the identity shaper runs on the driver: no worker to start, no batch to send and take back; so does an
+        # algo state without a model of its own (MA-PPO's parse table)
         with_reward = with_rollout and shapes_rewards(cfg.shaper)
-        start_ray(self.c, with_rollout, with_reward)
+        state_cls = ALGOS.get(cfg.algo.name).state
+        with_state = with_rollout and state_cls is not None and state_cls.holds_model
+        start_ray(self.c, with_rollout, with_reward, with_state)
         self.timings["ray_init_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        spec, learner_bundles, self.worker_bundles = bundles(self.c, with_rollout, with_reward)
+        spec, learner_bundles, self.worker_bundles = bundles(self.c, with_rollout, with_reward, with_state)
         self.pg = placement_group(spec, strategy=str(self.c.strategy))
         try:
             ray.get(self.pg.ready(), timeout=float(self.c.placement_timeout_s))
@@ -136,9 +155,11 @@ class RayCluster:
                 f"(cluster resources: {ray.cluster_resources()}); lower cluster.*_cpus / *_gpus or add nodes"
             ) from None
         self.timings["placement_s"] = time.perf_counter() - t0
-        self.reward_bundle = len(spec) - 1 if with_reward else None
+        self.reward_bundle = len(spec) - 1 - with_state if with_reward else None
+        state_bundle = len(spec) - 1 if with_state else None
         log.info(
-            "Ray placement: %s", placement_summary(self.pg, learner_bundles, self.worker_bundles, self.reward_bundle)
+            "Ray placement: %s",
+            placement_summary(self.pg, learner_bundles, self.worker_bundles, self.reward_bundle, state_bundle),
         )
         self._strategy = lambda i: PlacementGroupSchedulingStrategy(
             placement_group=self.pg, placement_group_bundle_index=i
@@ -152,6 +173,18 @@ class RayCluster:
         self.actor_cfg["device"] = str(cfg.device)
         self.actor_cfg["seed"] = int(cfg.seed)
         threads = self.c.num_threads
+        # started first and not waited for: its process comes up while the others load; `build_state` builds it
+        self.state_worker = None
+        if with_state:
+            self.state_worker = (
+                ray.remote(StateWorker)
+                .options(
+                    num_cpus=self.c.state_cpus,
+                    num_gpus=self.c.state_gpus,
+                    scheduling_strategy=self._strategy(state_bundle),
+                )
+                .remote(self.actor_cfg, str(base_path), str(self.run_dir), threads)
+            )
         env_vars = {"DS_ACCELERATOR": "cpu"} if not self.c.learner_gpus else {}
         if threads:
             env_vars["OMP_NUM_THREADS"] = str(threads)
@@ -254,6 +287,34 @@ class RayCluster:
         torch.set_rng_state(rng)
         return shaped, metrics
 
+    # ---------------------------------------------------------------- the state worker (an algo state with a model)
+    def build_state(self, saved: dict[str, torch.Tensor] | None) -> None:
+        """Build the algo state on the state worker (its initial weights drawn from the driver's RNG stream, handed
+        over and back, as the trainer draws them in one process), with a resumed run's `saved` tensors."""
+        torch.set_rng_state(self._on_state_worker(lambda w: w.build.remote(torch.get_rng_state(), saved)))
+
+    def state_begin(self, trajectories, batch, it: int) -> list[list[str]]:
+        return self._on_state_worker(lambda w: w.begin.remote(trajectories, batch, it))
+
+    def state_end(self, responses: list[list[str]]) -> tuple[dict[str, float], torch.Tensor]:
+        return self._on_state_worker(lambda w: w.end.remote(responses))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._on_state_worker(lambda w: w.state_dict.remote())
+
+    def _on_state_worker(self, call):
+        """`ray.get(call(state worker))`; a dead state worker ends the run with a sentence saying so (what it
+        learned since the last checkpoint died with it: no restart can bring that back)."""
+        import ray
+
+        try:
+            return ray.get(call(self.state_worker))
+        except ray.exceptions.RayActorError as e:
+            raise RuntimeError(
+                f"the state worker (algo={self.cfg.algo.name}'s state across iterations) died ({type(e).__name__}); "
+                "resume=auto continues from the last checkpoint"
+            ) from e
+
     def _get_retrying(self, calls):
         """`ray.get(calls())` on rollout workers or the reward worker; a dead one is restarted and `calls()` made
         again (the retried calls go to the new actors, with the same arguments, so they draw what the lost ones
@@ -305,22 +366,25 @@ class RayCluster:
         import ray
 
         ray.get([w.sleep.remote() for w in self.workers])
-        return ray.get([a.update.remote(batch, train_policy, orders) for a in self.learners])[0]
+        ref = ray.put(batch)
+        return ray.get([a.update.remote(ref, train_policy, orders) for a in self.learners])[0]
 
     def reference_logprobs(self, batch) -> torch.Tensor:
-        import ray
-
-        return ray.get([a.reference_logprobs.remote(batch) for a in self.learners])[0]  # each rank: its share
+        return self._per_token(lambda rank, ref: rank.reference_logprobs.remote(ref), batch)
 
     def current_logprobs(self, batch) -> torch.Tensor:
-        import ray
-
-        return ray.get([a.current_logprobs.remote(batch) for a in self.learners])[0]  # each rank: its share
+        return self._per_token(lambda rank, ref: rank.current_logprobs.remote(ref), batch)
 
     def critic_values(self, batch) -> torch.Tensor:
+        return self._per_token(lambda rank, ref: rank.critic_values.remote(ref), batch)
+
+    def _per_token(self, call, batch) -> torch.Tensor:
+        """[N, L] from the ranks' no-grad pass over the batch (`call(rank, batch ref)`): each rank computes its share of the rows
+        and the shares are all-gathered (rank 0's answer is the whole)."""
         import ray
 
-        return ray.get([a.critic_values.remote(batch) for a in self.learners])[0]  # each rank: its share
+        ref = ray.put(batch)  # serialized once; the ranks on a node read the one copy
+        return ray.get([call(a, ref) for a in self.learners])[0]
 
     def critic_state_dict(self) -> dict[str, torch.Tensor] | None:
         """The critic's full weights (gathered by rank 0), None without a critic."""
@@ -403,6 +467,7 @@ class RayCluster:
         import ray
         from ray.util.placement_group import remove_placement_group
 
-        for a in [*self.workers, *self.learners, *([self.reward] if self.reward is not None else [])]:
+        singles = [a for a in (self.reward, self.state_worker) if a is not None]
+        for a in [*self.workers, *self.learners, *singles]:
             ray.kill(a, no_restart=True)
         remove_placement_group(self.pg)

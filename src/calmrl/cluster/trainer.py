@@ -1,8 +1,9 @@
 """`RayTrainer`: the trainer's loop, unchanged, with its policy, reference, critic and rollout roles hosted by a
 `RayCluster`; `RayPreferenceTrainer`: the preference loop, unchanged, with its pair losses on the learner ranks.
 
-The driver holds no copy of the policy: it keeps the tokenizer, template, the algo and its state across
-iterations, and the evaluation envs. The shaper, with any model it loads, runs on the reward worker (the identity,
+The driver holds no copy of the policy: it keeps the tokenizer, template, the algo, and the evaluation envs.
+A method's state across iterations stays with it too, unless the state holds a model (ArCHer's critic), which
+lives on the state worker. The shaper, with any model it loads, runs on the reward worker (the identity,
 `shaper=none`, on the driver). The rollout workers play the training episodes (with the method's episode
 program) and generate for the driver's evaluation and for an algo state's sampling between rollouts; the learner
 ranks compute reference log-probs, critic values and the learner's own log-probs on their shares of the batch,
@@ -77,6 +78,29 @@ class RemoteShaper:
         return self.last_metrics
 
 
+class RemoteAlgoState:
+    """The trainer's view of an algo state on the state worker: `calmrl.trainer.LocalAlgoState`'s interface. The
+    state's questions to the policy (`begin`) are answered here, on the driver's sampling stream, between its two
+    halves."""
+
+    def __init__(self, cluster: RayCluster, saved):
+        self.cluster, self.last_advantages = cluster, None
+        cluster.build_state(saved)
+
+    def observe(self, trajectories, batch, it: int, sample) -> dict[str, float]:
+        queries = self.cluster.state_begin(trajectories, batch, it)
+        metrics, self.last_advantages = self.cluster.state_end([sample(prompts) for prompts in queries])
+        return metrics
+
+    def advantages(self, batch) -> torch.Tensor:
+        if self.last_advantages is None or self.last_advantages.shape != batch.response_mask.shape:
+            raise RuntimeError("the state worker's advantages are not this batch's: observe it first")
+        return self.last_advantages
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.cluster.state_dict()
+
+
 class RayTrainer(Trainer):
     def __init__(self, cfg, run_dir: Path):
         super().__init__(cfg, run_dir)
@@ -96,6 +120,11 @@ class RayTrainer(Trainer):
         if self.cluster.reward is None:  # the identity shaper (shaper=none): nothing to host, it stays here
             return super().build_reward(base_path)
         return RemoteShaper(self.cluster)  # the shaper and its models live on the reward worker
+
+    def build_algo_state(self, base_path: Path):
+        if not self.method.state.holds_model:  # a table (MA-PPO's): kept here, next to the advantages
+            return super().build_algo_state(base_path)
+        return RemoteAlgoState(self.cluster, self.saved_algo_state())
 
     def build_generators(self, load_path: Path):
         # generation outside the episodes (evaluation, an algo state's sampling) goes to the rollout workers too

@@ -52,6 +52,8 @@ class RayClusterConfig(ClusterConfig):
     rollout_gpus: float = bounded(0.0, ge=0)  # per rollout worker: 1 (split) or a fraction (colocate)
     reward_cpus: float = bounded(1.0, gt=0)  # the reward worker (the shaper and any model it loads: PRM, judge)
     reward_gpus: float = bounded(0.0, ge=0)  # the reward worker's: 1 (or a fraction) for a PRM or judge on GPU
+    state_cpus: float = bounded(1.0, gt=0)  # the state worker (an algo state that holds a model: ArCHer's critic)
+    state_gpus: float = bounded(0.0, ge=0)  # the state worker's: 1 (or a fraction) for the critic on GPU
     weight_sync: WeightSync = WeightSync.object_store
     max_worker_restarts: int = bounded(
         3, ge=0

@@ -35,24 +35,30 @@ def make(*overrides):
 def test_split_gives_every_actor_its_own_bundle():
     c = OmegaConf.create(
         {"num_learners": 2, "num_rollout_workers": 3, "placement": "split", "learner_cpus": 2, "learner_gpus": 1,
-         "rollout_cpus": 1, "rollout_gpus": 0, "reward_cpus": 2, "reward_gpus": 0.5}
+         "rollout_cpus": 1, "rollout_gpus": 0, "reward_cpus": 2, "reward_gpus": 0.5, "state_cpus": 3, "state_gpus": 1}
     )  # fmt: skip
     spec, learners, workers = bundles(c)
     assert spec == [{"CPU": 2.0, "GPU": 1.0}] * 2 + [{"CPU": 1.0}] * 3 + [{"CPU": 2.0, "GPU": 0.5}]  # reward last
     assert bundles(c, with_rollout=False)[0] == [{"CPU": 2.0, "GPU": 1.0}] * 2  # dpo: the learner ranks only
     assert bundles(c, with_reward=False)[0] == spec[:-1]  # shaper=none: no reward worker
     assert learners == [0, 1] and workers == [2, 3, 4]
+    # algo=archer: its critic's state worker after the reward worker, with or without one
+    assert bundles(c, with_state=True)[0] == [*spec, {"CPU": 3.0, "GPU": 1.0}]
+    assert bundles(c, with_reward=False, with_state=True)[0] == [*spec[:-1], {"CPU": 3.0, "GPU": 1.0}]
+    assert bundles(c, with_rollout=False, with_state=True)[0] == spec[:2]
 
 
 def test_colocate_puts_worker_j_with_learner_j_mod_n_and_sums_resources():
     c = OmegaConf.create(
         {"num_learners": 2, "num_rollout_workers": 3, "placement": "colocate", "learner_cpus": 1, "learner_gpus": 0.5,
-         "rollout_cpus": 1, "rollout_gpus": 0.25, "reward_cpus": 1, "reward_gpus": 0}
+         "rollout_cpus": 1, "rollout_gpus": 0.25, "reward_cpus": 1, "reward_gpus": 0, "state_cpus": 1,
+         "state_gpus": 0.25}
     )  # fmt: skip
     spec, learners, workers = bundles(c)
     assert workers == [0, 1, 0] and learners == [0, 1]
     assert spec == [{"CPU": 3.0, "GPU": 1.0}, {"CPU": 2.0, "GPU": 0.75}, {"CPU": 1.0}]  # the reward worker's last
     assert bundles(c, with_reward=False)[0] == spec[:-1]
+    assert bundles(c, with_state=True)[0] == [*spec, {"CPU": 1.0, "GPU": 0.25}]  # never colocated with a learner
 
 
 def test_config_pairs_deepspeed_with_ray_and_refuses_what_it_cannot_run(tmp_path):
