@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from calmrl.algos import ALGOS
 from calmrl.algos.registry import observe
 from calmrl.algos.segments import group_index
-from calmrl.data import apply_penalty_rule, build_batch, fold_shaping, penalty_rule
+from calmrl.data import Batch, apply_penalty_rule, build_batch, fold_shaping, penalty_rule
 from calmrl.envs import make_env, make_pool
 from calmrl.errors import ConfigError
 from calmrl.learners.build import build_local_learner, reference_and_critic_paths
@@ -32,6 +32,7 @@ from calmrl.learners.checkpoint import restore_rng
 from calmrl.learners.critic import ValueModel
 from calmrl.policy import PromptTemplate, build_tiny_policy, load_policy
 from calmrl.policy.loading import DTYPES
+from calmrl.recording import RolloutRecorder
 from calmrl.rollout import play_episodes
 from calmrl.rollout.generators import build_generators
 from calmrl.rollout.mismatch import correct, mismatch_metrics
@@ -71,6 +72,8 @@ class Trainer:
             restore_rng(self.resume_from.rng_state)
             self.start_iter = self.resume_from.step
             self.state = dict(self.resume_from.trainer_state)
+        t = cfg.trainer
+        self.recorder = RolloutRecorder(self.run_dir, t.record_rollouts, t.record_budget_mb, self.start_iter)
 
     # ---------------------------------------------------------------- setup helpers: the roles this process hosts
     def load_policy_copy(self, path: Path):
@@ -205,6 +208,8 @@ class Trainer:
                 "perf/steps": 0.0,
             }
         batch = self.shaper(build_batch(used, self.tokenizer.pad_token_id), used)
+        # a recording keeps the shaped batch as every estimator gets it, before this method folds it its own way
+        recorded = Batch(**vars(batch)) if self.recorder.due(it) else None
         # a shaper may count its own work (judge requests, cache hits, failures) as `metrics()`
         shaping = {**_shaping_metrics(batch), **getattr(self.shaper, "metrics", dict)()}
         batch = fold_shaping(batch, keep_token_rewards=self.method.reads_token_rewards)
@@ -222,7 +227,7 @@ class Trainer:
             batch.advantages = self.method(batch, cfg.algo)
         # the engine's sampling log-probs against the learner's own: logged, and corrected if rollout.correction says
         # (one no-grad pass over the batch: every rollout.mismatch_every iterations, or each one a correction needs it)
-        train_batch, mismatch, corrected = batch, {}, {}
+        train_batch, mismatch, corrected, learner_logprobs = batch, {}, {}, None
         every = int(cfg.rollout.mismatch_every)
         if cfg.rollout.correction != "none" or (every > 0 and it % every == 0):
             learner_logprobs = self.learner.current_logprobs(batch)
@@ -236,6 +241,8 @@ class Trainer:
         if self.engine is not None:  # the next rollout samples from the updated policy
             gap = self.engine.sync_from(self.model)  # verified on a probe; raises WeightSyncError on a bad sync
             update = {**update, "perf/weight_sync_s": time.perf_counter() - t3, "rollout/sync_probe_gap": gap}
+        if recorded is not None:
+            update = {**update, **self.record(it, recorded, batch, learner_logprobs)}
 
         adv_rows = batch.advantages.sum(1) / batch.response_mask.sum(1).clamp(min=1)
         # how often states repeat inside a group: what step-level credit (GiGPO's anchor groups) can use
@@ -268,6 +275,19 @@ class Trainer:
             "perf/steps": float(len(batch)),
         }
         return metrics
+
+    def record(self, it: int, shaped, batch, learner_logprobs) -> dict[str, float]:
+        """Write iteration `it`'s recording (`calmrl.recording`): the shaped batch, with what the run computed on it
+        (its algo's advantages and returns, the reference log-probs and critic values it needed, the learner's own
+        log-probs when this iteration computed them)."""
+        t0 = time.perf_counter()
+        shaped.advantages, shaped.returns = batch.advantages, batch.returns
+        shaped.ref_logprobs, shaped.values = batch.ref_logprobs, batch.values
+        extra = {"learner_logprobs": learner_logprobs} if learner_logprobs is not None else {}
+        # iteration `it` samples from the weights after it - 1 updates
+        meta = {"iteration": it, "policy_version": it - 1, "config": OmegaConf.to_container(self.cfg, resolve=True)}
+        size = self.recorder.record(it, shaped, meta, extra)
+        return {"perf/record_s": time.perf_counter() - t0, "record/bytes": float(size)}
 
     # ---------------------------------------------------------------- the schedule's hooks (calmrl.schedule)
     def run(self) -> dict:

@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from calmrl.schemas.bounds import bounded
 from calmrl.schemas.common import Device
 
 
@@ -24,6 +25,9 @@ class TrainerConfig:
     checkpoint_every: int = 5
     keep_last: int = 2
     drop_env_errors: bool = True  # leave trajectories whose env crashed out of the update
+    # every N-th iteration's batch, as the estimators get it, to <run dir>/rollouts (calmrl.recording); 0: none
+    record_rollouts: int = bounded(0, ge=0)
+    record_budget_mb: float = bounded(1024.0, gt=0)  # recording stops (with a warning) once it would pass this
 
 
 @dataclass
