@@ -50,6 +50,9 @@ def test_one_multirun_trains_every_online_algo_on_math(workdir):
         assert [r["iter"] for r in rows] == [1], algo
         row = rows[0]
         assert row["rollout/env_errors"] == 0 and row["loss/skipped_steps"] == 0, (algo, row)
+        # the credit checks (calmrl.credit_checks) on a real batch: no credit off the response tokens, no group with
+        # a signal left without credit
+        assert row["credit/offmask_adv_abs_max"] == 0 and row["credit/dead_informative_groups"] == 0, (algo, row)
         # single-turn: one row per sample; brpo adds S x A summary rows to each trace
         assert row["perf/steps"] == (2 * (1 + 4 * 4) if algo == "brpo" else 2), (algo, row["perf/steps"])
         if algo == "archer":  # critic warm-up (algo.critic_warmup_iters): the critic trains, the actor waits
