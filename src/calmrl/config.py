@@ -131,6 +131,10 @@ def _validate_multiagent(cfg: DictConfig, algos: tuple[str, ...], envs: tuple[st
     require(
         not shapes_rewards(cfg.shaper), f"algo={cfg.algo.name} takes no reward shaper; drop shaper={cfg.shaper.name}"
     )
+    require(
+        cfg.trainer.get("record_rollouts", 0) == 0,
+        f"trainer.record_rollouts records LLM rollouts; algo={cfg.algo.name}'s episodes are not recorded, drop it",
+    )
     validate_algo(cfg.algo)
     env = cfg.env
     require(env.size >= 2, f"env.size must be >= 2, got {env.size}")
@@ -164,7 +168,7 @@ def validate(cfg: DictConfig) -> None:
     ALGOS.get(cfg.algo.name)
     SHAPERS.get(cfg.shaper.name)
     _validate_shaper(cfg.shaper)
-    for group in ("rollout", "learner", "cluster", "logger"):  # the ranges on their schemas' fields
+    for group in ("rollout", "learner", "cluster", "logger", "trainer"):  # the ranges on their schemas' fields
         check_bounds(cfg[group], group)
     _validate_rollout_engine(cfg)
     _validate_scaleout(cfg, ALGOS.get(cfg.algo.name))
@@ -382,6 +386,11 @@ def _validate_preference(cfg: DictConfig) -> None:
             not shapes_rewards(cfg.shaper),
             f"algo={algo.name} trains on a fixed data set, which no shaper={cfg.shaper.name} touches; use shaper=none"
             + (" (algo=dpo_treg computes its T-REG token rewards itself)" if cfg.shaper.name == "treg" else ""),
+        )
+        require(
+            cfg.trainer.record_rollouts == 0,
+            f"algo={algo.name} samples no rollouts to record (its data set is already on disk); drop "
+            "trainer.record_rollouts",
         )
     else:
         require(

@@ -46,11 +46,22 @@ def test_default_composes_and_validates():
         ("learner.weight_decay=-1", "learner.weight_decay must be >= 0, got -1"),
         ("cluster.num_threads=0", "cluster.num_threads must be >= 1 or null, got 0"),
         ("logger.table_every=0", "logger.table_every must be >= 1, got 0"),
+        ("trainer.record_rollouts=-1", "trainer.record_rollouts must be >= 0, got -1"),
+        ("trainer.record_budget_mb=0", "trainer.record_budget_mb must be > 0, got 0"),
     ],
 )
 def test_validate_rejects_with_the_fix(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         validate(make(override))
+
+
+def test_recording_is_refused_where_no_rollouts_are_sampled(tmp_path):
+    validate(make("trainer.record_rollouts=5"))
+    (tmp_path / "pairs.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    with pytest.raises(ConfigError, match="samples no rollouts to record"):
+        validate(make("algo=dpo", f"data={tmp_path / 'pairs.jsonl'}", "trainer.record_rollouts=1"))
+    with pytest.raises(ConfigError, match="records LLM rollouts"):
+        validate(make("algo=gmah", "env=multigrid", "trainer.record_rollouts=1"))
 
 
 def test_penalty_rule_is_a_choice_of_the_group_estimators_only():
