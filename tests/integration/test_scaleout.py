@@ -15,7 +15,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import FAST, calmrl
+
+from calmrl.recording import load_batch, recorded_iterations
 
 pytest.importorskip("ray", reason="cluster=ray needs the `ray` extra")
 pytest.importorskip("deepspeed", reason="learner=deepspeed needs the `deepspeed` extra")
@@ -25,7 +28,9 @@ pytest.importorskip("deepspeed", reason="learner=deepspeed needs the `deepspeed`
 # rounding we see (~1e-7) and far below any real difference (one wrong token moves neg_logprob by ~1e-1).
 LOSS_ABS = 1e-6
 REL = 1e-5
-ARGS = [*FAST, "trainer.total_iters=2", "trainer.checkpoint_every=1", "cluster.num_threads=1"]
+# every iteration recorded (calmrl.recording), with the learner's own log-probs: a Ray run records what a local one does
+RECORD = ["trainer.record_rollouts=1", "rollout.mismatch_every=1"]
+ARGS = [*FAST, "trainer.total_iters=2", "trainer.checkpoint_every=1", "cluster.num_threads=1", *RECORD]
 
 
 def metrics(run_dir):
@@ -36,7 +41,7 @@ def metrics(run_dir):
 def local_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("local")
     calmrl("train", *ARGS, "run_name=local", cwd=cwd)
-    return metrics(cwd / "runs" / "local")
+    return cwd / "runs" / "local"
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -47,7 +52,7 @@ def test_ray_deepspeed_first_iteration_matches_local_torch(local_run, workdir, s
     run = workdir / "runs" / "ray"
     ray_metrics = metrics(run)
     assert [m["iter"] for m in ray_metrics] == [1, 2]
-    first, ref = ray_metrics[0], local_run[0]
+    first, ref = ray_metrics[0], metrics(local_run)[0]
     for key in ("rollout/episode_return", "rollout/success_rate", "reward/step_mean", "rollout/invalid_rate",
                 "rollout/response_tokens", "credit/adv_std", "perf/steps"):  # fmt: skip
         assert first[key] == ref[key], key  # the same sampled episodes
@@ -55,6 +60,12 @@ def test_ray_deepspeed_first_iteration_matches_local_torch(local_run, workdir, s
     for key in ("loss/neg_logprob", "loss/grad_norm"):
         assert first[key] == pytest.approx(ref[key], rel=REL), key
     assert first["loss/optimizer_steps"] == 1 and first["perf/weight_sync_s"] > 0
+    (got, _, got_extra), (want, _, want_extra) = (load_batch(recorded_iterations(r)[1]) for r in (run, local_run))
+    for name, value in vars(want).items():  # the recorded batch: the same bytes, but for the ranks' log-probs
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(getattr(got, name), value), name
+    assert got.anchor_text == want.anchor_text
+    assert torch.allclose(got_extra["learner_logprobs"], want_extra["learner_logprobs"], atol=1e-5)
     placement = (run / "train.log").read_text().split("Ray placement: ")[1].splitlines()[0]
     assert "rollout workers on" in placement and "reward worker" not in placement  # shaper=none: the driver's
     # the checkpoint: full weights loadable by transformers, and DeepSpeed's sharded state alongside
@@ -74,7 +85,7 @@ def test_deepspeed_in_one_process_matches_local_torch_and_resumes(local_run, wor
     args = [*ARGS, "learner=deepspeed", "run_name=ds"]
     calmrl("train", *args, cwd=workdir)
     run = workdir / "runs" / "ds"
-    first, ref = metrics(run)[0], local_run[0]
+    first, ref = metrics(run)[0], metrics(local_run)[0]
     for key in ("rollout/episode_return", "rollout/success_rate", "rollout/response_tokens", "credit/adv_std"):
         assert first[key] == ref[key], key  # the same sampled episodes
     assert first["loss/policy"] == pytest.approx(ref["loss/policy"], abs=LOSS_ABS)
