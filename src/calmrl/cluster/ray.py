@@ -230,6 +230,7 @@ class RayCluster:
         if self.reward is not None:
             ray.get(self.reward.ping.remote())
         self.timings["reward_s"] = time.perf_counter() - t0
+        log.info("Ray start-up: %s", ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in self.timings.items()))
 
     def _start_worker(self, j: int):
         return self._worker_cls.options(
