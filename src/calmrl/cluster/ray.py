@@ -380,8 +380,8 @@ class RayCluster:
         return self._per_token(lambda rank, ref: rank.critic_values.remote(ref), batch)
 
     def _per_token(self, call, batch) -> torch.Tensor:
-        """[N, L] from the ranks' no-grad pass over the batch (`call(rank, batch ref)`): each rank computes its share of the rows
-        and the shares are all-gathered (rank 0's answer is the whole)."""
+        """[N, L] from the ranks' no-grad pass over the batch (`call(rank, batch ref)`): each rank computes its
+        share of the rows and the shares are all-gathered (rank 0's answer is the whole)."""
         import ray
 
         ref = ray.put(batch)  # serialized once; the ranks on a node read the one copy
