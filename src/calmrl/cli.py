@@ -222,6 +222,29 @@ def eval_credit(cfg: DictConfig) -> float:
         _fail(str(exc))
 
 
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="replay")
+def replay(cfg: DictConfig) -> None:
+    """Compare estimators on a run's recorded batches: advantages, gradient SNR, cosine with a reference."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from calmrl.config import validate_replay
+    from calmrl.errors import ConfigError
+    from calmrl.registry import RegistryError
+
+    try:
+        validate_replay(cfg)
+    except (ConfigError, RegistryError) as exc:
+        _fail(str(exc))
+    _quiet_libraries()
+    from calmrl.policy.loading import PolicyLoadError
+    from calmrl.tools.replay import run_replay_command
+
+    try:
+        run_replay_command(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except (ConfigError, RegistryError, PolicyLoadError) as exc:
+        _fail(str(exc))
+
+
 def _with_run_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """When `checkpoint` names a training run, evaluate with that run's env / policy / rollout settings
     (so prompts match training), then re-apply this command's own key=value overrides on top."""
@@ -265,6 +288,7 @@ COMMANDS = {
     "eval": (evaluate, "evaluate a checkpoint or model on an env's held-out seeds (JSON report)"),
     "inspect": (inspect, "roll out one group and show each estimator's credit per step and token (HTML + PNG)"),
     "compare": (compare, "plot and tabulate metrics of runs or sweeps against steps, mean and spread over seeds"),
+    "replay": (replay, "compare estimators on a run's recorded batches: advantages, gradient SNR and cosine"),
     "eval-credit": (eval_credit, "precision / recall / F1 of a judge's subgoal labels on annotated demonstrations"),
 }
 

@@ -50,7 +50,14 @@ from calmrl.schemas.learner import DeepSpeedLearnerConfig, LearnerConfig
 from calmrl.schemas.logger import LoggerConfig
 from calmrl.schemas.policy import PolicyConfig, TinyPolicyConfig
 from calmrl.schemas.rollout import RolloutConfig, VLLMRolloutConfig
-from calmrl.schemas.run import CompareConfig, EvalConfig, EvalCreditConfig, InspectConfig, TrainConfig
+from calmrl.schemas.run import (
+    CompareConfig,
+    EvalConfig,
+    EvalCreditConfig,
+    InspectConfig,
+    ReplayConfig,
+    TrainConfig,
+)
 from calmrl.schemas.shaper import (
     CalmConfig,
     ImplicitQShaperConfig,
@@ -113,6 +120,7 @@ def register_schemas() -> None:
     cs.store(group="schema", name="inspect", node=InspectConfig)
     cs.store(group="schema", name="compare", node=CompareConfig)
     cs.store(group="schema", name="eval_credit", node=EvalCreditConfig)
+    cs.store(group="schema", name="replay", node=ReplayConfig)
     for group, schemas in SCHEMAS.items():
         for name, node in schemas.items():
             cs.store(group=f"schema/{group}", name=name, node=node)
@@ -325,6 +333,17 @@ def validate_eval(cfg: DictConfig) -> None:
     if cfg.checkpoint is None:
         _validate_policy(cfg)
     _validate_decode(cfg)
+    _validate_device(cfg)
+
+
+def validate_replay(cfg: DictConfig) -> None:
+    """Checks for `calmrl replay` that need no recording: the estimators' names and the ranges."""
+    from calmrl.algos import ALGOS
+
+    require(len(cfg.estimators) > 0, "estimators is empty; give e.g. estimators=[grpo,rloo,gigpo]")
+    for name in [*cfg.estimators, cfg.reference]:
+        ALGOS.get(str(name))  # an unknown name lists every algo
+    check_bounds(cfg, "")
     _validate_device(cfg)
 
 

@@ -66,6 +66,16 @@ def credit_metrics(batch) -> dict[str, float]:
     traj_return = torch.zeros_like(traj_adv).index_copy_(0, batch.traj, batch.episode_return.double())
     present = torch.zeros_like(traj_adv, dtype=torch.bool).index_fill_(0, batch.traj, True)
     corr = _correlation(traj_adv[present], traj_return[present])
+    traj_group = torch.zeros_like(traj_adv, dtype=torch.long).index_copy_(0, batch.traj, group)[present]
+    returns = traj_return[present]
+    group_return = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, traj_group, returns)
+    group_return /= torch.bincount(traj_group, minlength=num_groups).clamp(min=1).double()
+    deviation = returns - group_return[traj_group]
+    outcome = torch.sign(deviation)
+    # a float32 estimator cannot see a difference of float rounding: that is no outcome to agree with
+    informative = deviation.abs() > 1e-6 * (1.0 + group_return[traj_group].abs())
+    mismatch = (torch.sign(traj_adv[present]) != outcome) & informative
+    mismatch_frac = float(mismatch.sum() / informative.sum()) if bool(informative.any()) else 0.0
     return {
         "credit/zero_adv_token_frac": float(zero_tokens / tokens),
         "credit/zero_adv_singleton_frac": float(in_singletons / tokens),
@@ -76,6 +86,7 @@ def credit_metrics(batch) -> dict[str, float]:
         "credit/dead_informative_groups": float(dead.sum()),
         "credit/offmask_adv_abs_max": float(adv[~response].abs().max()) if bool((~response).any()) else 0.0,
         "credit/adv_return_corr": corr,
+        "credit/adv_sign_mismatch_frac": mismatch_frac,
     }
 
 

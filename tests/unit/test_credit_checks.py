@@ -76,6 +76,14 @@ def test_a_dropped_informative_group_fails_loudly(known):
         check_credit(batch)
 
 
+def test_credit_against_the_outcome_is_measured(known):
+    batch = estimate("grpo", known)
+    assert credit_metrics(batch)["credit/adv_sign_mismatch_frac"] == 0  # group 2: winner up, loser down
+    batch.advantages = -batch.advantages  # a sign-flipped estimator blames the winner
+    assert credit_metrics(batch)["credit/adv_sign_mismatch_frac"] == 1
+    assert credit_metrics(batch)["credit/adv_return_corr"] < -0.5
+
+
 @pytest.mark.parametrize("name", ["grpo", "rloo", "reinforce_pp", "ppo", "gigpo", "ma_ppo"])
 def test_every_on_policy_estimator_passes_the_checks(random_agent_trajectories, name):
     for seed in range(5):

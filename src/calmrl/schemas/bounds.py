@@ -82,7 +82,8 @@ def check_bounds(node: DictConfig, where: str) -> None:
         if value is None:
             continue
         optional = " or null" if _is_optional(schema, name) else ""
-        require(bounds.holds(value), f"{where}.{name} must be {bounds}{optional}, got {value}")
+        key = f"{where}.{name}" if where else name  # where="": a command's top-level keys
+        require(bounds.holds(value), f"{key} must be {bounds}{optional}, got {value}")
 
 
 def _is_optional(schema: type, name: str) -> bool:

@@ -1,4 +1,4 @@
-"""The top-level schemas of each command (train, eval, inspect, compare, eval_credit) and the trainer group's
+"""The top-level schemas of each command (train, eval, inspect, compare, eval_credit, replay) and the trainer group's
 schedule. Imports no torch."""
 
 from __future__ import annotations
@@ -85,3 +85,16 @@ class InspectConfig(EvalConfig):
     group_size: int = 8  # trajectories in the inspected group
     task_seed: int | None = None  # the group's task seed; None = env.eval_seed_offset (a held-out task)
     algo_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. +algo_overrides.gigpo.omega=0.5
+
+
+@dataclass
+class ReplayConfig:
+    run: str = MISSING  # a training run directory with recorded batches (trainer.record_rollouts=N)
+    estimators: list[str] = field(default_factory=lambda: ["grpo", "rloo", "gigpo"])
+    reference: str = "rloo"  # whose gradient, averaged over the other batches, each estimate is compared with
+    algo_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. +algo_overrides.gigpo.omega=0.5
+    checkpoint: str | None = None  # weights of the gradients: None = the run's newest checkpoint; base; or a dir
+    batches: int | None = bounded(None, ge=1)  # replay only the newest N recordings; None = all
+    max_is_weight: float | None = bounded(10.0, gt=0)  # truncation of pi_theta / pi_sample; None = untruncated
+    num_threads: int | None = bounded(None, ge=1)  # torch CPU threads; None = torch's default
+    device: Device = Device.auto

@@ -1,0 +1,714 @@
+"""`calmrl replay`: compare credit-assignment estimators on the same recorded batches.
+
+    calmrl train trainer.total_iters=20 trainer.record_rollouts=1          # record every iteration's batch
+    calmrl replay run=runs/gridworld-grpo-seed0 estimators=[grpo,rloo,gigpo]
+
+A training curve mixes the estimator with the seed: two runs with different estimators see different rollouts
+from the first update on. Replay fixes the rollouts (the batches a run recorded, `calmrl.recording`) and asks each
+estimator the same question on each batch: which direction would you move the policy, and how reliably?
+
+For every recorded batch b and estimator e:
+
+- **advantages** A_e [N, L], exactly as training computes them (the shaped batch, folded and penalised the
+  estimator's way), with their statistics per token and per step and the `credit/` checks
+  (`calmrl.credit_checks`);
+- **the policy-gradient estimate** it implies at one fixed set of weights theta (`checkpoint`, default the run's
+  newest checkpoint):
+
+      g_e,b = (1 / T) sum_{tokens t} A_t w_t grad log pi_theta(a_t | s_t)        T = response tokens of the batch
+
+  with w_t = min(pi_theta / pi_sample, max_is_weight) the (truncated) importance weight of the recorded token
+  under theta (1 when theta sampled the batch), i.e. the gradient of PPO's unclipped surrogate at theta;
+- **its noise across resampled groups**: the batch is G groups, g_e,b = mean_j z_j with z_j = G x (group j's
+  share of the sum); resampling groups with replacement gives a batch estimate of variance
+  tr Var = sum_j ||z_j - g||^2 / (G (G - 1)) (the unbiased form), and the signal-to-noise ratio
+  SNR_b = ||g_e,b|| / sqrt(tr Var);
+- **its cosine with a reference gradient**: the mean, over the other recorded batches, of the `reference`
+  estimator's estimate (leave-one-batch-out, so no batch is compared with itself).
+
+Across batches the report gives the median and range of each per-batch number, the pooled SNR
+||mean_b g_e,b|| / sqrt(mean_b tr Var_b) (which, on batches drawn from one policy, estimates the SNR of one
+batch's estimate), the noise measured across batches, and the cosine of the mean gradient with the reference.
+
+Outputs, in the output directory: replay.md and replay.csv (one row per estimator), replay.png (per-batch SNR,
+cosine with the reference, advantage per step by outcome) and replay.json (everything, per batch).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from calmrl.algos.segments import group_index
+from calmrl.credit_checks import credit_metrics, group_structure
+from calmrl.data import Batch, apply_penalty_rule, fold_shaping, penalty_rule
+
+JSON_FILE, TABLE_FILE, CSV_FILE, PLOT_FILE = "replay.json", "replay.md", "replay.csv", "replay.png"
+
+
+# ---------------------------------------------------------------- estimators
+def replay_problem(name: str, recorded: set[str]) -> str | None:
+    """Why estimator `name` cannot be replayed on recordings holding the batch fields `recorded`, or None.
+    Unknown names raise the algo registry's error (it lists every algo)."""
+    from calmrl.algos import ALGOS
+
+    method = ALGOS.get(name)
+    if method.offline:
+        return f"{name} trains on preference pairs, not on rollouts"
+    if method.state is not None:
+        return (
+            f"{name} keeps state across iterations (a critic trained on the run's history) that replay cannot rebuild"
+        )
+    if method.needs_critic and "values" not in recorded:
+        return f"{name} needs critic values, which only a run with a critic records (e.g. algo=ppo)"
+    return None
+
+
+def estimator_configs(names: Sequence[str], run_algo: Mapping, overrides: Mapping | None = None) -> dict[str, Any]:
+    """{name: algo config}: the recorded run's own algo config for its algo (so replay reproduces its advantages),
+    every other estimator's default (`conf/algo/<name>.yaml`); then `overrides[name]` on top."""
+    from omegaconf import OmegaConf
+
+    from calmrl.tools.inspect_credit import algo_config
+
+    out = {}
+    for name in names:
+        cfg = OmegaConf.create(dict(run_algo)) if name == run_algo.get("name") else algo_config(name)
+        extra = (overrides or {}).get(name)
+        out[name] = OmegaConf.merge(cfg, extra) if extra else cfg
+    return out
+
+
+def estimator_view(batch: Batch, name: str, cfg) -> Batch:
+    """The recorded (shaped, unfolded) batch as estimator `name` (config `cfg`) sees it in training, folded and
+    penalised its way, with its `advantages` [N, L] filled in; the recorded batch itself is not changed."""
+    from calmrl.algos import ALGOS
+
+    method = ALGOS.get(name)
+    view = Batch(**vars(batch))
+    view.advantages = view.returns = None
+    view = apply_penalty_rule(fold_shaping(view, method.reads_token_rewards), penalty_rule(cfg))
+    view.advantages = method(view, cfg).detach().float()
+    return view
+
+
+def replay_advantages(batch: Batch, name: str, cfg) -> torch.Tensor:
+    """advantages [N, L] of estimator `name` on a recorded batch, computed the way training computes them."""
+    return estimator_view(batch, name, cfg).advantages
+
+
+# ---------------------------------------------------------------- advantage statistics
+def advantage_stats(batch: Batch, advantages: torch.Tensor) -> dict[str, Any]:
+    """Per-token and per-step statistics of `advantages` [N, L] on `batch`, the `credit/` checks, and the
+    advantage per step position split by outcome (`mass_by_step`: for each step index, the mean step advantage
+    of rows whose trajectory's return is above its group's mean ("better"), and below it ("worse"))."""
+    mask = batch.response_mask.bool()
+    tokens = advantages[mask].double()
+    steps = (advantages * mask).sum(1).double() / mask.sum(1).clamp(min=1)
+    stats = {
+        "token_mean": float(tokens.mean()) if tokens.numel() else 0.0,
+        "token_std": float(tokens.std()) if tokens.numel() > 1 else 0.0,
+        "token_abs_mean": float(tokens.abs().mean()) if tokens.numel() else 0.0,
+        "step_abs_mean": float(steps.abs().mean()),
+        "within_traj_step_std": _within_trajectory_std(steps, batch.traj),
+    }
+    checked = Batch(**vars(batch))
+    checked.advantages = advantages
+    stats.update({k.removeprefix("credit/"): v for k, v in credit_metrics(checked).items()})
+    group, _, _ = group_structure(batch)
+    returns = batch.episode_return.double()
+    num_groups = int(group.max()) + 1
+    group_mean = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, group, returns)
+    group_mean /= torch.bincount(group, minlength=num_groups).double()
+    deviation = returns - group_mean[group]
+    by_step: dict[int, dict[str, float | None]] = {}
+    for t in batch.step.unique().tolist():
+        at = batch.step == t
+        better, worse = at & (deviation > 0), at & (deviation < 0)
+        by_step[int(t)] = {
+            "better": float(steps[better].mean()) if bool(better.any()) else None,
+            "worse": float(steps[worse].mean()) if bool(worse.any()) else None,
+            "rows": int(at.sum()),
+        }
+    stats["mass_by_step"] = by_step
+    return stats
+
+
+def _within_trajectory_std(step_adv: torch.Tensor, traj: torch.Tensor) -> float:
+    """Mean over trajectories of more than one step of the (population) std of their steps' advantages: 0 when
+    every step of a trajectory gets the same credit (outcome-level estimators)."""
+    ids, num = group_index(traj)
+    count = torch.bincount(ids, minlength=num).double()
+    mean = torch.zeros(num, dtype=torch.float64).index_add_(0, ids, step_adv) / count
+    var = torch.zeros(num, dtype=torch.float64).index_add_(0, ids, (step_adv - mean[ids]).square()) / count
+    multi = count > 1
+    return float(var[multi].sqrt().mean()) if bool(multi.any()) else 0.0
+
+
+# ---------------------------------------------------------------- policy gradients
+@dataclass
+class BatchGradient:
+    """One estimator's policy-gradient estimate on one batch of G groups: g = mean_j z_j."""
+
+    mean: torch.Tensor  # [P] float64, g
+    group_sq: float  # sum_j ||z_j||^2
+    groups: int  # G
+
+    @property
+    def noise_var(self) -> float:
+        """tr Var(g) over resampled groups, sum_j ||z_j - g||^2 / (G (G - 1)); nan for G < 2."""
+        if self.groups < 2:
+            return math.nan
+        spread = self.group_sq - self.groups * float(self.mean.square().sum())
+        return max(spread, 0.0) / (self.groups * (self.groups - 1))
+
+    @property
+    def snr(self) -> float:
+        """||E g|| / sqrt(tr Var g), with ||E g||^2 estimated without the noise's bias as ||g||^2 - tr Var (a pure
+        noise estimate scores about 0, not about 1); nan for G < 2."""
+        return snr_from(float(self.mean.square().sum()) - self.noise_var, self.noise_var)
+
+
+def snr_from(signal_sq: float, noise_var: float) -> float:
+    """sqrt(max(signal_sq, 0) / noise_var); nan when the noise is not positive (or not known)."""
+    if not (noise_var > 0):
+        return math.nan
+    return math.sqrt(max(signal_sq, 0.0) / noise_var)
+
+
+def batch_gradients(
+    model, batch: Batch, advantages: Mapping[str, torch.Tensor], max_is_weight: float | None = None
+) -> tuple[dict[str, BatchGradient], dict[str, float]]:
+    """Each estimator's policy-gradient estimate at `model`'s weights on `batch` (see the module docstring), and
+    the importance weights' diagnostics (is_weight_mean, is_truncated_frac, is_ess_frac: Kish's effective sample
+    size over the response tokens, as a fraction of them; 1 when the model sampled the batch).
+
+    advantages: {name: [N, L]}. One forward pass per group of rows, one backward per estimator and group; the
+    gradient is the ascent direction of sum_t A_t w_t log pi(a_t) / T.
+    """
+    from calmrl.learners.torch import token_logprobs
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
+    group, num_groups = group_index(batch.uid)
+    mask = batch.response_mask.float()
+    tokens = mask.sum().clamp(min=1.0)
+    sums = {name: torch.zeros(sum(p.numel() for p in params), dtype=torch.float64) for name in advantages}
+    squares = dict.fromkeys(advantages, 0.0)
+    w_sum = w_sq = truncated = 0.0
+    was_training = model.training
+    model.eval()  # no dropout: the gradient is a function of the weights and the batch alone
+    try:
+        for j in range(num_groups):
+            rows = (group == j).nonzero().squeeze(1)
+            width = int(batch.attention_mask[rows].sum(1).max())
+            ids = batch.input_ids[rows, :width].to(device)
+            attention = batch.attention_mask[rows, :width].to(device)
+            m = mask[rows, :width].to(device)
+            logp = token_logprobs(model, ids, attention)
+            ratio = torch.exp(logp.detach() - batch.old_logprobs[rows, :width].to(device)) * m
+            weight = ratio if max_is_weight is None else ratio.clamp(max=float(max_is_weight))
+            w_sum += float(weight.sum())
+            w_sq += float(weight.square().sum())
+            truncated += float(((ratio > weight) & (m > 0)).sum())
+            names = list(advantages)
+            for k, name in enumerate(names):
+                objective = (advantages[name][rows, :width].to(device) * weight * logp).sum() / tokens
+                grads = torch.autograd.grad(objective, params, retain_graph=k < len(names) - 1, allow_unused=True)
+                flat = (
+                    torch.cat(
+                        [
+                            (g if g is not None else torch.zeros_like(p)).reshape(-1)
+                            for g, p in zip(grads, params, strict=True)
+                        ]
+                    )
+                    .double()
+                    .cpu()
+                )
+                sums[name] += flat
+                squares[name] += float((num_groups * flat).square().sum())
+    finally:
+        model.train(was_training)
+    count = float(tokens)
+    diagnostics = {
+        "is_weight_mean": w_sum / count,
+        "is_truncated_frac": truncated / count,
+        "is_ess_frac": (w_sum**2 / w_sq) / count if w_sq > 0 else 0.0,
+    }
+    return {name: BatchGradient(sums[name], squares[name], num_groups) for name in advantages}, diagnostics
+
+
+def cosine(x: torch.Tensor, y: torch.Tensor) -> float:
+    denom = float(x.norm() * y.norm())
+    return float(x @ y) / denom if denom > 0 else math.nan
+
+
+def gradient_summary(
+    gradients: Sequence[Mapping[str, BatchGradient]], reference: str | torch.Tensor
+) -> dict[str, dict[str, Any]]:
+    """Per estimator, over the batches: per-batch ||g||, noise, SNR and cosine with the reference, and the pooled
+    numbers (see the module docstring). `reference`: an estimator's name (its estimate averaged over the other
+    batches; with one batch, over that batch) or a fixed [P] gradient (a known true gradient)."""
+    names = list(gradients[0])
+    num = len(gradients)
+    if isinstance(reference, str):
+        ref_total = torch.stack([g[reference].mean for g in gradients]).sum(0)
+
+        def reference_for(b: int) -> torch.Tensor:
+            own = gradients[b][reference].mean
+            return (ref_total - own) / (num - 1) if num > 1 else own
+
+        pooled_reference = ref_total / num
+    else:
+
+        def reference_for(b: int) -> torch.Tensor:
+            return reference
+
+        pooled_reference = reference
+    out = {}
+    for name in names:
+        per = [g[name] for g in gradients]
+        stacked = torch.stack([g.mean for g in per])
+        mean = stacked.mean(0)
+        noise = [g.noise_var for g in per]
+        finite_noise = [v for v in noise if math.isfinite(v)]
+        pooled_noise = statistics.fmean(finite_noise) if finite_noise else math.nan
+        across = float((stacked - mean).square().sum(1).sum()) / (num - 1) if num > 1 else math.nan
+        out[name] = {
+            "grad_norm": [float(g.mean.norm()) for g in per],
+            "noise_std": [math.sqrt(v) if math.isfinite(v) else math.nan for v in noise],
+            "snr": [g.snr for g in per],
+            "cos_reference": [cosine(per[b].mean, reference_for(b)) for b in range(num)],
+            # ||E g||^2 from the mean of the B batches (whose own noise is tr Var / B), against one batch's noise
+            "pooled_snr": snr_from(float(mean.square().sum()) - pooled_noise / num, pooled_noise),
+            "pooled_noise_std": math.sqrt(pooled_noise) if pooled_noise >= 0 else math.nan,
+            "across_batch_noise_std": math.sqrt(across) if math.isfinite(across) else math.nan,
+            "mean_grad_norm": float(mean.norm()),
+            "mean_grad_cos_reference": cosine(mean, pooled_reference),
+            "mean_grad": mean,
+        }
+    for name in names:  # how far apart the estimators point, on the same batches
+        out[name]["mean_grad_cos"] = {other: cosine(out[name]["mean_grad"], out[other]["mean_grad"]) for other in names}
+    return out
+
+
+# ---------------------------------------------------------------- the command
+def spread(values: Sequence[float]) -> dict[str, float | None]:
+    """{median, min, max, n} of the finite values (None where there are none)."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {"median": statistics.median(finite), "min": min(finite), "max": max(finite), "n": len(finite)}
+
+
+#: the table's columns: (header, how to read it off an estimator's report)
+COLUMNS: list[tuple[str, Any]] = [
+    ("estimator", lambda name, r: name),
+    ("abs(A) per token", lambda name, r: r["advantages"]["token_abs_mean"]["median"]),
+    ("zero-A tokens", lambda name, r: r["advantages"]["zero_adv_token_frac"]["median"]),
+    ("step-A std in traj", lambda name, r: r["advantages"]["within_traj_step_std"]["median"]),
+    ("corr(A, return)", lambda name, r: r["advantages"]["adv_return_corr"]["median"]),
+    ("sign mismatch", lambda name, r: r["advantages"]["adv_sign_mismatch_frac"]["median"]),
+    ("SNR per batch", lambda name, r: r["gradient"]["snr"]),
+    ("SNR pooled", lambda name, r: r["gradient"]["pooled_snr"]),
+    ("cos(g, ref) per batch", lambda name, r: r["gradient"]["cos_reference"]),
+    ("cos(mean g, ref)", lambda name, r: r["gradient"]["mean_grad_cos_reference"]),
+]
+
+
+def _cell(value) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        if value.get("median") is None:
+            return "n/a"
+        return f"{value['median']:.3g} [{value['min']:.3g}, {value['max']:.3g}]"
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.3g}"
+
+
+def write_tables(report: Mapping[str, Any], md_path: Path, csv_path: Path) -> None:
+    """replay.md (a Markdown table: median [min, max] over batches) and replay.csv (medians and ranges as
+    separate columns, for a spreadsheet)."""
+    rows = [[_cell(read(name, r)) for _, read in COLUMNS] for name, r in report["estimators"].items()]
+    head = [h for h, _ in COLUMNS]
+    lines = [
+        f"# calmrl replay: {report['batches']} recorded batches of {report['run']}",
+        "",
+        f"Gradients at: {report['weights']}. Reference: {report['reference_description']}. "
+        f"Importance weights (cap {report['max_is_weight']}): effective sample size "
+        f"{_cell(spread([b['is_ess_frac'] for b in report['batch_info']]))} of the tokens. "
+        "Per-batch columns: median [min, max] over the batches.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+        "",
+    ]
+    md_path.write_text("\n".join(lines), encoding="utf-8")
+    with csv_path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        flat_head = []
+        for h, _ in COLUMNS:
+            flat_head += [h] if h in ("estimator", "SNR pooled", "cos(mean g, ref)") else [h, f"{h} min", f"{h} max"]
+        writer.writerow(flat_head)
+        for name, r in report["estimators"].items():
+            row = []
+            for _, read in COLUMNS:
+                value = read(name, r)
+                row += [value] if not isinstance(value, Mapping) else [value["median"], value["min"], value["max"]]
+            writer.writerow(row)
+
+
+def render_plot(report: Mapping[str, Any], path: Path) -> Path:
+    """replay.png: per-batch SNR and cosine with the reference (one box of points per estimator), and the mean
+    step advantage per step index for trajectories above (solid) and below (dashed) their group's mean return."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["estimators"])
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    for ax, key, title in (
+        (axes[0], "snr", "gradient SNR per batch"),
+        (axes[1], "cos_reference", f"cosine with the reference ({report['reference']})"),
+    ):
+        data = [[v for v in report["per_batch"][n][key] if v is not None and math.isfinite(v)] for n in names]
+        ax.boxplot([d if d else [math.nan] for d in data], tick_labels=names, showfliers=False)
+        for i, d in enumerate(data, start=1):
+            ax.plot([i] * len(d), d, "o", alpha=0.45, markersize=4)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    ax = axes[2]
+    for i, name in enumerate(names):
+        colour = f"C{i}"
+        by_step = report["estimators"][name]["mass_by_step"]
+        steps = sorted(by_step, key=int)
+        for side, style in (("better", "-"), ("worse", "--")):
+            ys = [by_step[s][side] for s in steps]
+            ax.plot(
+                [int(s) for s in steps],
+                [math.nan if y is None else y for y in ys],
+                style,
+                color=colour,
+                marker="o",
+                markersize=3,
+                label=f"{name} ({side} than group)",
+            )
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("step index")
+    ax.set_title("mean step advantage by outcome")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.suptitle(f"calmrl replay: {report['batches']} batches, gradients at {report['weights_short']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _aggregate_mass(per_batch_mass: Sequence[Mapping[int, Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per step index, the row-weighted mean over batches of the better / worse step advantages."""
+    out: dict[str, dict[str, Any]] = {}
+    for steps in per_batch_mass:
+        for t, entry in steps.items():
+            acc = out.setdefault(str(t), {"better": [], "worse": [], "rows": 0})
+            acc["rows"] += entry["rows"]
+            for side in ("better", "worse"):
+                if entry[side] is not None:
+                    acc[side].append(entry[side])
+    return {
+        t: {
+            "better": statistics.fmean(v["better"]) if v["better"] else None,
+            "worse": statistics.fmean(v["worse"]) if v["worse"] else None,
+            "rows": v["rows"],
+        }
+        for t, v in out.items()
+    }
+
+
+def run_replay_command(cfg, out_dir: Path) -> dict[str, Any]:
+    """`calmrl replay`: load the run's recordings, compute every estimator's advantages and policy-gradient
+    estimates on each, and write replay.{md,csv,png,json} into `out_dir`. Returns the report."""
+    import time
+
+    from omegaconf import OmegaConf
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from calmrl.errors import ConfigError
+    from calmrl.recording import load_batch
+
+    started = time.perf_counter()
+    console = Console(stderr=True)
+    run_dir = Path(cfg.run).expanduser()
+    files = select_recordings(run_dir, cfg.get("batches"))
+    first, meta, _ = load_batch(next(iter(files.values())))
+    run_cfg = meta["config"]
+    names = list(dict.fromkeys(str(n) for n in cfg.estimators))
+    reference = str(cfg.reference)
+    recorded = {k for k, v in vars(first).items() if isinstance(v, torch.Tensor)}
+    for name in dict.fromkeys([*names, reference]):
+        problem = replay_problem(name, recorded)
+        if problem:
+            raise ConfigError(f"cannot replay {name}: {problem}")
+    computed = list(dict.fromkeys([*names, reference]))
+    overrides = OmegaConf.to_container(cfg.algo_overrides, resolve=True) if cfg.get("algo_overrides") else None
+    configs = estimator_configs(computed, run_cfg["algo"], overrides)
+    needs_ref = [n for n in computed if _method(n).needs_ref]
+
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    model, weights, short = load_replay_policy(cfg, run_dir, run_cfg)
+    reference_model = None
+    if needs_ref and "ref_logprobs" not in recorded:  # the run had no reference: its initial policy is the one
+        reference_model = _load(base_policy_path(run_dir, run_cfg), run_cfg, str(cfg.device))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    stats: dict[str, list[dict]] = {n: [] for n in computed}
+    gradients: list[dict[str, BatchGradient]] = []
+    diagnostics: list[dict[str, Any]] = []
+    progress = Progress(
+        TextColumn("replay"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("batches"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+    with progress:
+        task = progress.add_task("replay", total=len(files))
+        for it, path in files.items():
+            batch, batch_meta, _ = load_batch(path)
+            if reference_model is not None:
+                batch.ref_logprobs = reference_logprobs(reference_model, batch)
+            views = {n: estimator_view(batch, n, configs[n]) for n in computed}
+            advantages = {n: view.advantages for n, view in views.items()}
+            run_algo = run_cfg["algo"]["name"]
+            matches = (
+                bool(torch.allclose(advantages[run_algo], batch.advantages.float(), atol=1e-6))
+                if run_algo in advantages and batch.advantages is not None
+                else None
+            )
+            for n in computed:
+                stats[n].append(advantage_stats(views[n], advantages[n]))  # the returns it saw
+            grads, weights_info = batch_gradients(model, batch, advantages, cfg.get("max_is_weight"))
+            gradients.append(grads)
+            diagnostics.append(
+                {
+                    "iteration": it,
+                    "policy_version": batch_meta.get("policy_version"),
+                    "rows": len(batch),
+                    "groups": grads[computed[0]].groups,
+                    "run_advantages_reproduced": matches,
+                    **weights_info,
+                }
+            )
+            progress.advance(task)
+
+    summary = gradient_summary(gradients, reference)
+    report: dict[str, Any] = {
+        "run": str(run_dir),
+        "batches": len(files),
+        "iterations": list(files),
+        "weights": weights,
+        "weights_short": short,
+        "reference": reference,
+        "reference_description": f"{reference}'s gradient averaged over the other recorded batches",
+        "max_is_weight": cfg.get("max_is_weight"),
+        "algo_configs": {n: OmegaConf.to_container(configs[n], resolve=True) for n in computed},
+        "estimators": {},
+        "per_batch": {},
+        "batch_info": diagnostics,
+    }
+    for n in names:
+        scalar_keys = [k for k, v in stats[n][0].items() if isinstance(v, float | int)]
+        g = summary[n]
+        report["estimators"][n] = {
+            "advantages": {k: spread([s[k] for s in stats[n]]) for k in scalar_keys},
+            "gradient": {
+                "grad_norm": spread(g["grad_norm"]),
+                "noise_std": spread(g["noise_std"]),
+                "snr": spread(g["snr"]),
+                "cos_reference": spread(g["cos_reference"]),
+                "pooled_snr": g["pooled_snr"],
+                "pooled_noise_std": g["pooled_noise_std"],
+                "across_batch_noise_std": g["across_batch_noise_std"],
+                "mean_grad_norm": g["mean_grad_norm"],
+                "mean_grad_cos_reference": g["mean_grad_cos_reference"],
+                "mean_grad_cos": {o: c for o, c in g["mean_grad_cos"].items() if o in names},
+            },
+            "mass_by_step": _aggregate_mass([s["mass_by_step"] for s in stats[n]]),
+        }
+        report["per_batch"][n] = {
+            "snr": g["snr"],
+            "cos_reference": g["cos_reference"],
+            "grad_norm": g["grad_norm"],
+            **{k: [s[k] for s in stats[n]] for k in scalar_keys},
+        }
+    report["seconds"] = time.perf_counter() - started
+    report = _clean(report)
+    paths = {
+        "table": out_dir / TABLE_FILE,
+        "csv": out_dir / CSV_FILE,
+        "plot": out_dir / PLOT_FILE,
+        "json": out_dir / JSON_FILE,
+    }
+    write_tables(report, paths["table"], paths["csv"])
+    render_plot(report, paths["plot"])
+    paths["json"].write_text(json.dumps(report, indent=2), encoding="utf-8")
+    print_table(report, console)
+    reproduced = [d["run_advantages_reproduced"] for d in diagnostics if d["run_advantages_reproduced"] is not None]
+    if reproduced and not all(reproduced):
+        console.print(
+            f"[yellow]warning: the run's own algo ({run_cfg['algo']['name']}) recomputed on "
+            f"{reproduced.count(False)} of {len(reproduced)} recordings differs from the advantages the run used"
+        )
+    console.print("\n".join(f"{k}: {p}" for k, p in paths.items()))
+    return report
+
+
+#: the terminal's narrower table: (short header, the COLUMNS entry it shows), medians only
+TERMINAL_COLUMNS = [
+    ("estimator", "estimator"),
+    ("|A|", "abs(A) per token"),
+    ("zero-A", "zero-A tokens"),
+    ("corr(A,R)", "corr(A, return)"),
+    ("SNR", "SNR per batch"),
+    ("SNR pooled", "SNR pooled"),
+    ("cos ref", "cos(g, ref) per batch"),
+    ("cos mean g", "cos(mean g, ref)"),
+]
+
+
+def print_table(report: Mapping[str, Any], console) -> None:
+    from rich.table import Table
+
+    readers = dict(COLUMNS)
+    table = Table(title=f"replay of {report['batches']} batches: medians over batches (replay.md has the ranges)")
+    for header, _ in TERMINAL_COLUMNS:
+        table.add_column(header, justify="left" if header == "estimator" else "right")
+    for name, r in report["estimators"].items():
+        cells = []
+        for _, column in TERMINAL_COLUMNS:
+            value = readers[column](name, r)
+            cells.append(_cell(value["median"] if isinstance(value, Mapping) else value))
+        table.add_row(*cells)
+    console.print(table)
+
+
+def select_recordings(run_dir: Path, batches: int | None) -> dict[int, Path]:
+    """The recordings to replay: all of `run_dir`'s, or its newest `batches`."""
+    from calmrl.errors import ConfigError
+    from calmrl.recording import DIRNAME, recorded_iterations
+
+    if not run_dir.is_dir():
+        raise ConfigError(f"run={run_dir} is not a directory; give a training run's directory")
+    files = recorded_iterations(run_dir)
+    if not files:
+        raise ConfigError(
+            f"run={run_dir} has no recorded batches (no {DIRNAME}/iter_*.safetensors); train it with "
+            "trainer.record_rollouts=1 (docs/recording.md)"
+        )
+    if batches is not None:
+        files = dict(list(files.items())[-int(batches) :])
+    return files
+
+
+def load_replay_policy(cfg, run_dir: Path, run_cfg: Mapping) -> tuple[Any, str, str]:
+    """(the model whose gradients replay measures, a description, a short name). `checkpoint`: None = the run's
+    newest checkpoint (its initial policy when it has none), `base` = its initial policy, else a run or
+    checkpoint directory."""
+    from omegaconf import OmegaConf
+
+    from calmrl.errors import ConfigError
+    from calmrl.learners.checkpoint import CheckpointError, CheckpointManager
+    from calmrl.tools.evaluate import _resolve_policy
+
+    choice = cfg.get("checkpoint")
+    if choice is None:
+        checkpoints = run_dir / "checkpoints"
+        choice = str(run_dir) if checkpoints.is_dir() and CheckpointManager(checkpoints).latest() else "base"
+    if choice == "base":
+        path, description, short = base_policy_path(run_dir, run_cfg), "the run's initial policy", "initial policy"
+    else:
+        shim = OmegaConf.create({"checkpoint": str(choice), "policy": {"path": None}})
+        path, description = _resolve_policy(shim, CheckpointManager, CheckpointError, ConfigError)
+        short = description.removeprefix("newest valid ").split(" of ")[0]
+    return _load(path, run_cfg, str(cfg.device)), f"{description} ({path})", short
+
+
+def base_policy_path(run_dir: Path, run_cfg: Mapping) -> Path:
+    """The run's initial policy: its `policy.path`, or the tiny model it built into its directory."""
+    from calmrl.errors import ConfigError
+
+    given = run_cfg["policy"].get("path")
+    path = Path(given).expanduser() if given else run_dir / "tiny_policy"
+    if not path.is_dir():
+        raise ConfigError(f"the run's initial policy {path} is gone; give checkpoint=<a checkpoint directory>")
+    return path
+
+
+def _load(path: Path, run_cfg: Mapping, device: str):
+    from calmrl.policy import load_policy
+    from calmrl.runs import pick_device
+
+    policy = run_cfg["policy"]
+    model, _ = load_policy(
+        path, policy.get("dtype", "float32"), policy.get("trust_remote_code", False), pick_device(device)
+    )
+    return model
+
+
+@torch.no_grad()
+def reference_logprobs(model, batch: Batch, rows_per_pass: int = 64) -> torch.Tensor:
+    """[N, L] log-probs of the batch's response tokens under `model` (0 elsewhere), for estimators with a KL term
+    on recordings of runs that had no reference."""
+    from calmrl.learners.torch import token_logprobs
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    parts = [
+        token_logprobs(
+            model,
+            batch.input_ids[s : s + rows_per_pass].to(device),
+            batch.attention_mask[s : s + rows_per_pass].to(device),
+        )
+        .float()
+        .cpu()
+        for s in range(0, len(batch), rows_per_pass)
+    ]
+    model.train(was_training)
+    return torch.cat(parts) * batch.response_mask
+
+
+def _method(name: str):
+    from calmrl.algos import ALGOS
+
+    return ALGOS.get(name)
+
+
+def _clean(obj):
+    """JSON-able: tensors dropped (the mean gradients), non-finite floats as None."""
+    if isinstance(obj, torch.Tensor):
+        return None
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _clean(v) for k, v in obj.items() if not isinstance(v, torch.Tensor)}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    return obj

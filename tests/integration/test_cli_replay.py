@@ -1,0 +1,56 @@
+"""`calmrl replay` on a recorded run, as a user runs it: the table, CSV, plot and JSON, and the input errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from conftest import FAST, calmrl
+
+
+def test_replay_of_a_recorded_run_writes_its_report_and_refuses_bad_input(workdir):
+    calmrl("train", *FAST, "trainer.total_iters=3", "trainer.record_rollouts=1", "run_name=rec", cwd=workdir)
+    run = workdir / "runs" / "rec"
+    estimators = ["grpo", "rloo", "gigpo", "reinforce_pp"]  # reinforce_pp: the run's initial policy is its reference
+    proc = calmrl("replay", f"run={run}", f"estimators=[{','.join(estimators)}]", "hydra.run.dir=replay", cwd=workdir)
+    out = workdir / "replay"
+    report = json.loads((out / "replay.json").read_text())
+    assert report["batches"] == 3 and report["iterations"] == [1, 2, 3]
+    assert "newest valid checkpoint" in report["weights"]
+    # the run's own algo (grpo), recomputed from each recording, gives the advantages the run trained on
+    assert [b["run_advantages_reproduced"] for b in report["batch_info"]] == [True, True, True]
+    assert list(report["estimators"]) == estimators
+    for name in estimators:
+        entry = report["estimators"][name]
+        assert entry["gradient"]["grad_norm"]["n"] == 3 and entry["gradient"]["grad_norm"]["median"] > 0
+        assert len(report["per_batch"][name]["snr"]) == 3
+        assert entry["advantages"]["offmask_adv_abs_max"]["max"] == 0.0
+        assert entry["mass_by_step"]
+    assert abs(report["estimators"]["rloo"]["gradient"]["mean_grad_cos_reference"] - 1) < 1e-9  # rloo is the reference
+    table = (out / "replay.md").read_text()
+    assert all(f"| {name} |" in table for name in estimators)
+    with (out / "replay.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["estimator"] for r in rows] == estimators
+    assert (out / "replay.png").stat().st_size > 10_000
+    assert "SNR" in proc.stderr + proc.stdout
+
+    base = calmrl("replay", f"run={run}", "checkpoint=base", "batches=1", "hydra.run.dir=base", cwd=workdir)
+    assert base.returncode == 0
+    report = json.loads((workdir / "base" / "replay.json").read_text())
+    assert report["iterations"] == [3] and "initial policy" in report["weights"]
+    # iteration 3 sampled from the weights after two updates; the initial policy needs importance weights
+    assert report["batch_info"][0]["is_weight_mean"] != 1.0
+
+    for args, message in (
+        (["estimators=[grpo,nope]"], "unknown algo 'nope'"),
+        (["estimators=[archer]"], "cannot replay archer: archer keeps state across iterations"),
+        (["batches=0"], "batches must be >= 1"),
+    ):
+        bad = calmrl("replay", f"run={run}", *args, cwd=workdir, check=False)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
+        assert "Traceback" not in bad.stderr
+    empty = workdir / "runs" / "empty"
+    empty.mkdir()
+    bad = calmrl("replay", f"run={empty}", cwd=workdir, check=False)
+    assert bad.returncode == 2 and "trainer.record_rollouts=1" in bad.stderr, bad.stderr
