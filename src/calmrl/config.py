@@ -344,6 +344,11 @@ def validate_replay(cfg: DictConfig) -> None:
     for name in [*cfg.estimators, cfg.reference]:
         ALGOS.get(str(name))  # an unknown name lists every algo
     check_bounds(cfg, "")
+    require(
+        cfg.reference_rollouts == 0 or cfg.reference_rollouts >= 2,
+        f"reference_rollouts must be 0 (the mean over the other batches) or >= 2 (a group baseline needs two "
+        f"members), got {cfg.reference_rollouts}",
+    )
     _validate_device(cfg)
 
 

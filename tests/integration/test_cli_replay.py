@@ -42,10 +42,22 @@ def test_replay_of_a_recorded_run_writes_its_report_and_refuses_bad_input(workdi
     # iteration 3 sampled from the weights after two updates; the initial policy needs importance weights
     assert report["batch_info"][0]["is_weight_mean"] != 1.0
 
+    fresh = calmrl(
+        "replay", f"run={run}", "fresh_batches=2", "reference_rollouts=6", "seed=5", "hydra.run.dir=fresh", cwd=workdir
+    )
+    assert fresh.returncode == 0
+    report = json.loads((workdir / "fresh" / "replay.json").read_text())
+    assert report["batches"] == 2 and report["source"].startswith("2 fresh batches (seed 5)")
+    for info in report["batch_info"]:  # sampled at the replay weights: on-policy, no importance weights
+        assert abs(info["is_weight_mean"] - 1) < 1e-3 and info["run_advantages_reproduced"] is None
+        assert info["reference_rows"] > info["rows"]  # 6 trajectories per task against the run's 4
+    assert "fresh trajectories per task" in report["reference_description"]
+
     for args, message in (
         (["estimators=[grpo,nope]"], "unknown algo 'nope'"),
         (["estimators=[archer]"], "cannot replay archer: archer keeps state across iterations"),
         (["batches=0"], "batches must be >= 1"),
+        (["reference_rollouts=1"], "reference_rollouts must be 0"),
     ):
         bad = calmrl("replay", f"run={run}", *args, cwd=workdir, check=False)
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr

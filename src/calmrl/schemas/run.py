@@ -94,6 +94,9 @@ class ReplayConfig:
     reference: str = "rloo"  # whose gradient, averaged over the other batches, each estimate is compared with
     algo_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. +algo_overrides.gigpo.omega=0.5
     checkpoint: str | None = None  # weights of the gradients: None = the run's newest checkpoint; base; or a dir
+    fresh_batches: int = bounded(0, ge=0)  # N > 0: replay N batches sampled at those weights, not the recordings
+    reference_rollouts: int = bounded(0, ge=0)  # K > 0: the reference is K fresh trajectories per task of a batch
+    seed: int | None = None  # fresh_batches' tasks and sampling; None = the run's seed (its first N iterations' tasks)
     batches: int | None = bounded(None, ge=1)  # replay only the newest N recordings; None = all
     max_is_weight: float | None = bounded(10.0, gt=0)  # truncation of pi_theta / pi_sample; None = untruncated
     num_threads: int | None = bounded(None, ge=1)  # torch CPU threads; None = torch's default

@@ -252,11 +252,12 @@ def cosine(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def gradient_summary(
-    gradients: Sequence[Mapping[str, BatchGradient]], reference: str | torch.Tensor
+    gradients: Sequence[Mapping[str, BatchGradient]], reference: str | torch.Tensor | Sequence[torch.Tensor]
 ) -> dict[str, dict[str, Any]]:
     """Per estimator, over the batches: per-batch ||g||, noise, SNR and cosine with the reference, and the pooled
     numbers (see the module docstring). `reference`: an estimator's name (its estimate averaged over the other
-    batches; with one batch, over that batch) or a fixed [P] gradient (a known true gradient)."""
+    batches; with one batch, over that batch), one [P] gradient for every batch (a known true gradient), or one
+    [P] gradient per batch (a high-sample estimate on each batch's tasks; the pooled cosine uses their mean)."""
     names = list(gradients[0])
     num = len(gradients)
     if isinstance(reference, str):
@@ -267,6 +268,13 @@ def gradient_summary(
             return (ref_total - own) / (num - 1) if num > 1 else own
 
         pooled_reference = ref_total / num
+    elif isinstance(reference, Sequence):
+        references = list(reference)
+
+        def reference_for(b: int) -> torch.Tensor:
+            return references[b]
+
+        pooled_reference = torch.stack(references).mean(0)
     else:
 
         def reference_for(b: int) -> torch.Tensor:
@@ -342,12 +350,20 @@ def write_tables(report: Mapping[str, Any], md_path: Path, csv_path: Path) -> No
     rows = [[_cell(read(name, r)) for _, read in COLUMNS] for name, r in report["estimators"].items()]
     head = [h for h, _ in COLUMNS]
     lines = [
-        f"# calmrl replay: {report['batches']} recorded batches of {report['run']}",
+        f"# calmrl replay: {report['batches']} batches of {report['run']} ({report['source']})",
         "",
         f"Gradients at: {report['weights']}. Reference: {report['reference_description']}. "
         f"Importance weights (cap {report['max_is_weight']}): effective sample size "
         f"{_cell(spread([b['is_ess_frac'] for b in report['batch_info']]))} of the tokens. "
         "Per-batch columns: median [min, max] over the batches.",
+        *(
+            [
+                f"The reference's own SNR on its fresh trajectories: {_cell(spread(reference_snr))} (near 0: it is "
+                "still noise, raise reference_rollouts)."
+            ]
+            if (reference_snr := [b["reference_snr"] for b in report["batch_info"] if "reference_snr" in b])
+            else []
+        ),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join("---" for _ in head) + "|",
@@ -437,9 +453,84 @@ def _aggregate_mass(per_batch_mass: Sequence[Mapping[int, Mapping[str, Any]]]) -
     }
 
 
+class FreshRollouts:
+    """Batches sampled at the replay weights on the run's tasks, as one training iteration of the run samples them:
+    its env, prompt template, rollout temperature and episode program; task seeds as `calmrl.runs.train_seeds`."""
+
+    def __init__(self, model, tokenizer, run_cfg: Mapping):
+        from omegaconf import OmegaConf
+
+        from calmrl.policy import PromptTemplate
+        from calmrl.rollout import HFGenerator
+
+        self.run = OmegaConf.create(dict(run_cfg))
+        self.tokenizer = tokenizer
+        self.template = PromptTemplate(tokenizer=tokenizer, **self.run.policy.template)
+        rollout = self.run.rollout
+        self.generate = HFGenerator(
+            model, tokenizer, rollout.max_new_tokens, rollout.temperature, rollout.generation_batch_size
+        )
+        self.pool, self.pool_size = None, 0
+
+    def task_seeds(self, seed: int, it: int) -> list[int]:
+        from calmrl.runs import train_seeds
+
+        return train_seeds(seed, it, int(self.run.rollout.num_groups), int(self.run.env.eval_seed_offset))
+
+    def sample(self, task_seeds: Sequence[int], per_task: int, rng: Sequence[int]) -> Batch:
+        """`per_task` trajectories of each task (group uid = its index), sampled with torch seeded from `rng`;
+        trajectories whose env crashed are left out, as training leaves them out."""
+        import numpy as np
+
+        from calmrl.algos import ALGOS
+        from calmrl.data import build_batch
+        from calmrl.envs import make_pool
+        from calmrl.rollout import play_episodes
+
+        seeds = [s for s in task_seeds for _ in range(per_task)]
+        uids = [u for u in range(len(task_seeds)) for _ in range(per_task)]
+        if len(seeds) > self.pool_size:
+            self.close()
+            self.pool, self.pool_size = make_pool(self.run.env, len(seeds)), len(seeds)
+        torch.manual_seed(int(np.random.SeedSequence(list(rng)).generate_state(1)[0]))
+        trajectories = play_episodes(
+            ALGOS.get(self.run.algo.name).rollout,
+            self.pool,
+            seeds=seeds,
+            uids=uids,
+            template=self.template,
+            generate=self.generate,
+            algo_cfg=self.run.algo,
+            env_cfg=self.run.env,
+            tokenizer=self.tokenizer,
+        )
+        return build_batch([t for t in trajectories if t.error is None], self.tokenizer.pad_token_id)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+
+def run_config(run_dir: Path, files: Mapping[int, Path]) -> dict:
+    """The resolved config of the run: from its recordings, or from `.hydra/config.yaml` (a run without any)."""
+    from omegaconf import OmegaConf
+
+    from calmrl.errors import ConfigError
+    from calmrl.recording import load_batch
+
+    if files:
+        return load_batch(next(iter(files.values())))[1]["config"]
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"run={run_dir} is not a training run (no .hydra/config.yaml)")
+    return OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
+
+
 def run_replay_command(cfg, out_dir: Path) -> dict[str, Any]:
-    """`calmrl replay`: load the run's recordings, compute every estimator's advantages and policy-gradient
-    estimates on each, and write replay.{md,csv,png,json} into `out_dir`. Returns the report."""
+    """`calmrl replay`: the run's recorded batches (or `fresh_batches` sampled at the replay weights), every
+    estimator's advantages and policy-gradient estimates on each, replay.{md,csv,png,json} into `out_dir`.
+    Returns the report."""
     import time
 
     from omegaconf import OmegaConf
@@ -448,37 +539,62 @@ def run_replay_command(cfg, out_dir: Path) -> dict[str, Any]:
 
     from calmrl.errors import ConfigError
     from calmrl.recording import load_batch
+    from calmrl.schemas.shaper import shapes_rewards
 
     started = time.perf_counter()
     console = Console(stderr=True)
     run_dir = Path(cfg.run).expanduser()
-    files = select_recordings(run_dir, cfg.get("batches"))
-    first, meta, _ = load_batch(next(iter(files.values())))
-    run_cfg = meta["config"]
+    fresh_batches, reference_rollouts = int(cfg.fresh_batches), int(cfg.reference_rollouts)
+    files = select_recordings(run_dir, cfg.get("batches"), required=not fresh_batches)
+    run_cfg = run_config(run_dir, files)
+    if (fresh_batches or reference_rollouts) and shapes_rewards(OmegaConf.create(run_cfg["shaper"])):
+        raise ConfigError(
+            f"fresh_batches and reference_rollouts sample new episodes, and replay does not rebuild the run's "
+            f"shaper={run_cfg['shaper']['name']}; replay its recorded batches with reference_rollouts=0"
+        )
     names = list(dict.fromkeys(str(n) for n in cfg.estimators))
     reference = str(cfg.reference)
-    recorded = {k for k, v in vars(first).items() if isinstance(v, torch.Tensor)}
-    for name in dict.fromkeys([*names, reference]):
-        problem = replay_problem(name, recorded)
+    computed = list(dict.fromkeys([*names, reference]))
+    if fresh_batches:
+        fields = {"input_ids", "old_logprobs"}  # what a freshly built batch holds: no reference, no critic
+    else:
+        fields = {k for k, v in vars(load_batch(next(iter(files.values())))[0]).items() if v is not None}
+    for name in computed:
+        problem = replay_problem(name, fields)
         if problem:
             raise ConfigError(f"cannot replay {name}: {problem}")
-    computed = list(dict.fromkeys([*names, reference]))
     overrides = OmegaConf.to_container(cfg.algo_overrides, resolve=True) if cfg.get("algo_overrides") else None
     configs = estimator_configs(computed, run_cfg["algo"], overrides)
-    needs_ref = [n for n in computed if _method(n).needs_ref]
+    # the tasks: a recording's are its iteration's in the run; fresh batches take iteration it's of `seed`
+    seed = int(run_cfg["seed"] if cfg.get("seed") is None or not fresh_batches else cfg.seed)
 
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
-    model, weights, short = load_replay_policy(cfg, run_dir, run_cfg)
+    model, tokenizer, weights, short = load_replay_policy(cfg, run_dir, run_cfg)
     reference_model = None
-    if needs_ref and "ref_logprobs" not in recorded:  # the run had no reference: its initial policy is the one
-        reference_model = _load(base_policy_path(run_dir, run_cfg), run_cfg, str(cfg.device))
+    if any(_method(n).needs_ref for n in computed) and "ref_logprobs" not in fields:
+        reference_model = _load(base_policy_path(run_dir, run_cfg), run_cfg, str(cfg.device))[0]  # the run's start
+    fresh = FreshRollouts(model, tokenizer, run_cfg) if fresh_batches or reference_rollouts else None
+    group_size = int(run_cfg["rollout"]["group_size"])
+
+    def batches():
+        """(iteration, batch, its metadata) to replay, loaded or sampled one at a time."""
+        if not fresh_batches:
+            for it, path in files.items():
+                batch, meta, _ = load_batch(path)
+                yield it, batch, meta
+            return
+        for it in range(1, fresh_batches + 1):  # iteration it's tasks, sampled at the replay weights
+            yield it, fresh.sample(fresh.task_seeds(seed, it), group_size, [seed, it, 0]), {"policy_version": None}
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-
     stats: dict[str, list[dict]] = {n: [] for n in computed}
     gradients: list[dict[str, BatchGradient]] = []
+    fresh_references: list[torch.Tensor] = []
     diagnostics: list[dict[str, Any]] = []
+    run_algo = run_cfg["algo"]["name"]
+    total = fresh_batches or len(files)
     progress = Progress(
         TextColumn("replay"),
         BarColumn(),
@@ -486,28 +602,23 @@ def run_replay_command(cfg, out_dir: Path) -> dict[str, Any]:
         TextColumn("batches"),
         TimeElapsedColumn(),
         console=console,
-        transient=False,
     )
-    with progress:
-        task = progress.add_task("replay", total=len(files))
-        for it, path in files.items():
-            batch, batch_meta, _ = load_batch(path)
-            if reference_model is not None:
-                batch.ref_logprobs = reference_logprobs(reference_model, batch)
-            views = {n: estimator_view(batch, n, configs[n]) for n in computed}
-            advantages = {n: view.advantages for n, view in views.items()}
-            run_algo = run_cfg["algo"]["name"]
-            matches = (
-                bool(torch.allclose(advantages[run_algo], batch.advantages.float(), atol=1e-6))
-                if run_algo in advantages and batch.advantages is not None
-                else None
-            )
-            for n in computed:
-                stats[n].append(advantage_stats(views[n], advantages[n]))  # the returns it saw
-            grads, weights_info = batch_gradients(model, batch, advantages, cfg.get("max_is_weight"))
-            gradients.append(grads)
-            diagnostics.append(
-                {
+    try:
+        with progress:
+            task = progress.add_task("replay", total=total)
+            for it, batch, batch_meta in batches():
+                if reference_model is not None:
+                    batch.ref_logprobs = reference_logprobs(reference_model, batch)
+                views = {n: estimator_view(batch, n, configs[n]) for n in computed}
+                advantages = {n: view.advantages for n, view in views.items()}
+                matches = None  # the run's own algo recomputed from the recording gives what the run trained on
+                if run_algo in advantages and batch.advantages is not None:
+                    matches = bool(torch.allclose(advantages[run_algo], batch.advantages.float(), atol=1e-6))
+                for n in computed:
+                    stats[n].append(advantage_stats(views[n], advantages[n]))  # on the returns it saw
+                grads, weights_info = batch_gradients(model, batch, advantages, cfg.get("max_is_weight"))
+                gradients.append(grads)
+                info = {
                     "iteration": it,
                     "policy_version": batch_meta.get("policy_version"),
                     "rows": len(batch),
@@ -515,18 +626,38 @@ def run_replay_command(cfg, out_dir: Path) -> dict[str, Any]:
                     "run_advantages_reproduced": matches,
                     **weights_info,
                 }
-            )
-            progress.advance(task)
+                if reference_rollouts:
+                    big = fresh.sample(fresh.task_seeds(seed, it), reference_rollouts, [seed, it, 1])
+                    if reference_model is not None:
+                        big.ref_logprobs = reference_logprobs(reference_model, big)
+                    ref_grad = batch_gradients(
+                        model, big, {reference: replay_advantages(big, reference, configs[reference])}
+                    )[0][reference]
+                    fresh_references.append(ref_grad.mean)
+                    info["reference_rows"], info["reference_snr"] = len(big), ref_grad.snr
+                diagnostics.append(info)
+                progress.advance(task)
+    finally:
+        if fresh is not None:
+            fresh.close()
 
-    summary = gradient_summary(gradients, reference)
+    summary = gradient_summary(gradients, fresh_references if reference_rollouts else reference)
+    if reference_rollouts:
+        described = (
+            f"{reference}'s gradient on {reference_rollouts} fresh trajectories per task of each batch's tasks, "
+            "sampled at the same weights"
+        )
+    else:
+        described = f"{reference}'s gradient averaged over the other replayed batches"
     report: dict[str, Any] = {
         "run": str(run_dir),
-        "batches": len(files),
-        "iterations": list(files),
+        "source": f"{fresh_batches} fresh batches (seed {seed}) at the replay weights" if fresh_batches else "recorded",
+        "batches": len(gradients),
+        "iterations": [d["iteration"] for d in diagnostics],
         "weights": weights,
         "weights_short": short,
         "reference": reference,
-        "reference_description": f"{reference}'s gradient averaged over the other recorded batches",
+        "reference_description": described,
         "max_is_weight": cfg.get("max_is_weight"),
         "algo_configs": {n: OmegaConf.to_container(configs[n], resolve=True) for n in computed},
         "estimators": {},
@@ -573,9 +704,10 @@ def run_replay_command(cfg, out_dir: Path) -> dict[str, Any]:
     reproduced = [d["run_advantages_reproduced"] for d in diagnostics if d["run_advantages_reproduced"] is not None]
     if reproduced and not all(reproduced):
         console.print(
-            f"[yellow]warning: the run's own algo ({run_cfg['algo']['name']}) recomputed on "
-            f"{reproduced.count(False)} of {len(reproduced)} recordings differs from the advantages the run used"
+            f"[yellow]warning: the run's own algo ({run_algo}) recomputed on {reproduced.count(False)} of "
+            f"{len(reproduced)} recordings differs from the advantages the run trained on"
         )
+    console.print(f"replayed {report['batches']} batches in {report['seconds']:.0f} s")
     console.print("\n".join(f"{k}: {p}" for k, p in paths.items()))
     return report
 
@@ -609,26 +741,26 @@ def print_table(report: Mapping[str, Any], console) -> None:
     console.print(table)
 
 
-def select_recordings(run_dir: Path, batches: int | None) -> dict[int, Path]:
-    """The recordings to replay: all of `run_dir`'s, or its newest `batches`."""
+def select_recordings(run_dir: Path, batches: int | None, required: bool = True) -> dict[int, Path]:
+    """The recordings to replay: all of `run_dir`'s, or its newest `batches`. `required`: none is an error."""
     from calmrl.errors import ConfigError
     from calmrl.recording import DIRNAME, recorded_iterations
 
     if not run_dir.is_dir():
         raise ConfigError(f"run={run_dir} is not a directory; give a training run's directory")
     files = recorded_iterations(run_dir)
-    if not files:
+    if not files and required:
         raise ConfigError(
             f"run={run_dir} has no recorded batches (no {DIRNAME}/iter_*.safetensors); train it with "
-            "trainer.record_rollouts=1 (docs/recording.md)"
+            "trainer.record_rollouts=1 (docs/recording.md), or sample new ones with fresh_batches=N"
         )
     if batches is not None:
         files = dict(list(files.items())[-int(batches) :])
     return files
 
 
-def load_replay_policy(cfg, run_dir: Path, run_cfg: Mapping) -> tuple[Any, str, str]:
-    """(the model whose gradients replay measures, a description, a short name). `checkpoint`: None = the run's
+def load_replay_policy(cfg, run_dir: Path, run_cfg: Mapping) -> tuple[Any, Any, str, str]:
+    """(the model whose gradients replay measures, its tokenizer, a description, a short name). `checkpoint`: None = the run's
     newest checkpoint (its initial policy when it has none), `base` = its initial policy, else a run or
     checkpoint directory."""
     from omegaconf import OmegaConf
@@ -647,7 +779,8 @@ def load_replay_policy(cfg, run_dir: Path, run_cfg: Mapping) -> tuple[Any, str, 
         shim = OmegaConf.create({"checkpoint": str(choice), "policy": {"path": None}})
         path, description = _resolve_policy(shim, CheckpointManager, CheckpointError, ConfigError)
         short = description.removeprefix("newest valid ").split(" of ")[0]
-    return _load(path, run_cfg, str(cfg.device)), f"{description} ({path})", short
+    model, tokenizer = _load(path, run_cfg, str(cfg.device))
+    return model, tokenizer, f"{description} ({path})", short
 
 
 def base_policy_path(run_dir: Path, run_cfg: Mapping) -> Path:
@@ -666,10 +799,9 @@ def _load(path: Path, run_cfg: Mapping, device: str):
     from calmrl.runs import pick_device
 
     policy = run_cfg["policy"]
-    model, _ = load_policy(
+    return load_policy(
         path, policy.get("dtype", "float32"), policy.get("trust_remote_code", False), pick_device(device)
     )
-    return model
 
 
 @torch.no_grad()
