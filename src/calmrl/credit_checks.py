@@ -10,6 +10,9 @@ for anyone writing an estimator:
 - a dead informative group: its trajectories' returns differ, yet every one of its response tokens has zero
   advantage (the estimator dropped a group it had a signal for).
 
+Zero credit has three causes, each measured: the estimator gave a token advantage 0 (a group of one, a group of
+equal returns, or its own rule), or the loss left a credited token out (masked: rollout.correction=mask).
+
 Zero advantage on a single token or row is not an error by itself: a GRPO member whose return equals its group's
 mean gets exactly zero.
 """
@@ -34,8 +37,18 @@ def group_structure(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return group, sizes[group], (high == low)[group]
 
 
-def credit_metrics(batch) -> dict[str, float]:
+def train_loss_mask(batch) -> torch.Tensor:
+    """[N, L] bool: the tokens the policy loss trains on, its response mask less any token of zero loss weight."""
+    trained = batch.response_mask.bool()
+    return trained if batch.loss_weights is None else trained & (batch.loss_weights != 0)
+
+
+def credit_metrics(batch, trained: torch.Tensor | None = None) -> dict[str, float]:
     """`credit/` diagnostics of `batch.advantages` [N, L] against `batch.response_mask` [N, L].
+
+    trained: [N, L], the tokens the loss actually trains on (nonzero) when that is fewer than the response tokens
+    (rollout.correction=mask drops tokens whose engine / learner ratio is out of range); their share of the response
+    tokens left out is zero_credit_masked_frac: credit the estimator gave that no gradient carries.
 
     zero_adv_token_frac: response tokens with advantage exactly 0, split by cause into
     zero_adv_singleton_frac (the row's group has one trajectory), zero_adv_flat_group_frac (a larger group whose
@@ -87,6 +100,9 @@ def credit_metrics(batch) -> dict[str, float]:
         "credit/offmask_adv_abs_max": float(adv[~response].abs().max()) if bool((~response).any()) else 0.0,
         "credit/adv_return_corr": corr,
         "credit/adv_sign_mismatch_frac": mismatch_frac,
+        "credit/zero_credit_masked_frac": float((response & ~trained.bool()).sum() / tokens)
+        if trained is not None
+        else 0.0,
     }
 
 

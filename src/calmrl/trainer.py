@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from calmrl.algos import ALGOS
 from calmrl.algos.registry import observe
 from calmrl.algos.segments import group_index
-from calmrl.credit_checks import credit_metrics
+from calmrl.credit_checks import credit_metrics, train_loss_mask
 from calmrl.data import Batch, apply_penalty_rule, build_batch, fold_shaping, penalty_rule
 from calmrl.envs import make_env, make_pool
 from calmrl.errors import ConfigError
@@ -263,7 +263,8 @@ class Trainer:
             "credit/zero_adv_frac": float((adv_rows == 0).float().mean()),
             "credit/anchor_group_size": float(anchor_group_size.mean()),
             "credit/repeated_anchor_frac": float((anchor_group_size > 1).float().mean()),
-            **credit_metrics(batch),  # where credit is zero and why, and credit where none belongs
+            # where credit is zero and why (including tokens the correction masked out), and credit where none belongs
+            **credit_metrics(batch, trained=train_loss_mask(train_batch)),
             **shaping,
             **mismatch,
             **corrected,

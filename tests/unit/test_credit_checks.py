@@ -84,6 +84,22 @@ def test_credit_against_the_outcome_is_measured(known):
     assert credit_metrics(batch)["credit/adv_return_corr"] < -0.5
 
 
+def test_credited_tokens_the_correction_masks_out_are_counted(known):
+    from omegaconf import OmegaConf
+
+    from calmrl.credit_checks import train_loss_mask
+    from calmrl.rollout.mismatch import correct
+
+    batch = estimate("grpo", known)
+    learner = batch.old_logprobs.clone()
+    learner[0, -1] += 5.0  # the learner's ratio on one token is far above correction_high
+    cfg = OmegaConf.create({"correction": "mask", "correction_low": 0.5, "correction_high": 2.0})
+    trained, _ = correct(batch, learner, cfg)
+    metrics = credit_metrics(batch, trained=train_loss_mask(trained))
+    assert metrics["credit/zero_credit_masked_frac"] == pytest.approx(1 / 21)  # 1 of 7 x 3 response tokens
+    assert credit_metrics(batch)["credit/zero_credit_masked_frac"] == 0
+
+
 @pytest.mark.parametrize("name", ["grpo", "rloo", "reinforce_pp", "ppo", "gigpo", "ma_ppo"])
 def test_every_on_policy_estimator_passes_the_checks(random_agent_trajectories, name):
     for seed in range(5):

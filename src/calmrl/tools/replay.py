@@ -410,8 +410,10 @@ def render_plot(report: Mapping[str, Any], path: Path) -> Path:
         colour = f"C{i}"
         by_step = report["estimators"][name]["mass_by_step"]
         steps = sorted(by_step, key=int)
+        # estimators differ in scale (GiGPO adds a step term): in units of each one's mean |A| they compare
+        scale = report["estimators"][name]["advantages"]["token_abs_mean"]["median"] or 1.0
         for side, style in (("better", "-"), ("worse", "--")):
-            ys = [by_step[s][side] for s in steps]
+            ys = [None if by_step[s][side] is None else by_step[s][side] / scale for s in steps]
             ax.plot(
                 [int(s) for s in steps],
                 [math.nan if y is None else y for y in ys],
@@ -419,11 +421,11 @@ def render_plot(report: Mapping[str, Any], path: Path) -> Path:
                 color=colour,
                 marker="o",
                 markersize=3,
-                label=f"{name} ({side} than group)",
+                label=f"{name}, {side} than its group",
             )
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("step index")
-    ax.set_title("mean step advantage by outcome")
+    ax.set_title("step advantage / mean |A|, by outcome")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.suptitle(f"calmrl replay: {report['batches']} batches, gradients at {report['weights_short']}")
@@ -731,7 +733,8 @@ def print_table(report: Mapping[str, Any], console) -> None:
     readers = dict(COLUMNS)
     table = Table(title=f"replay of {report['batches']} batches: medians over batches (replay.md has the ranges)")
     for header, _ in TERMINAL_COLUMNS:
-        table.add_column(header, justify="left" if header == "estimator" else "right")
+        first = header == "estimator"
+        table.add_column(header, justify="left" if first else "right", no_wrap=first, min_width=12 if first else None)
     for name, r in report["estimators"].items():
         cells = []
         for _, column in TERMINAL_COLUMNS:
@@ -778,7 +781,7 @@ def load_replay_policy(cfg, run_dir: Path, run_cfg: Mapping) -> tuple[Any, Any, 
     else:
         shim = OmegaConf.create({"checkpoint": str(choice), "policy": {"path": None}})
         path, description = _resolve_policy(shim, CheckpointManager, CheckpointError, ConfigError)
-        short = description.removeprefix("newest valid ").split(" of ")[0]
+        short = path.parent.name if path.name == "policy" else path.name  # step_XXXXXXXX
     model, tokenizer = _load(path, run_cfg, str(cfg.device))
     return model, tokenizer, f"{description} ({path})", short
 
