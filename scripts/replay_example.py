@@ -56,16 +56,29 @@ def main() -> None:
     work.mkdir(parents=True)
     reports: dict[str, list[dict]] = {"leave-one-out": [], "fresh": []}
     for seed in args.seeds:
-        run = work / f"gridworld-grpo-seed{seed}"
-        calmrl("train", f"seed={seed}", f"trainer.total_iters={args.iters}", "trainer.record_rollouts=1",
-               "trainer.eval_every=0", f"hydra.run.dir={run}", cwd=work)
+        run = f"gridworld-grpo-seed{seed}"  # relative to `work`, so the reports name no machine's paths
+        calmrl(
+            "train",
+            f"seed={seed}",
+            f"trainer.total_iters={args.iters}",
+            "trainer.record_rollouts=1",
+            "trainer.eval_every=0",
+            f"hydra.run.dir={run}",
+            cwd=work,
+        )
         estimators = f"estimators=[{','.join(ESTIMATORS)}]"
         calmrl("replay", f"run={run}", estimators, f"hydra.run.dir={run}/replay", cwd=work)
-        reports["leave-one-out"].append(json.loads((run / "replay" / "replay.json").read_text()))
+        reports["leave-one-out"].append(json.loads((work / run / "replay" / "replay.json").read_text()))
         if args.reference_rollouts:
-            calmrl("replay", f"run={run}", estimators, f"reference_rollouts={args.reference_rollouts}",
-                   f"hydra.run.dir={run}/replay-fresh", cwd=work)
-            reports["fresh"].append(json.loads((run / "replay-fresh" / "replay.json").read_text()))
+            calmrl(
+                "replay",
+                f"run={run}",
+                estimators,
+                f"reference_rollouts={args.reference_rollouts}",
+                f"hydra.run.dir={run}/replay-fresh",
+                cwd=work,
+            )
+            reports["fresh"].append(json.loads((work / run / "replay-fresh" / "replay.json").read_text()))
         print(f"seed {seed}: done", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     first = work / f"gridworld-grpo-seed{args.seeds[0]}"
@@ -84,8 +97,12 @@ def main() -> None:
     ):
         if not reports[kind]:
             continue
-        lines += [f"## {title}", "", "| estimator | " + " | ".join(n for n, _ in NUMBERS) + " |",
-                  "|---|" + "---|" * len(NUMBERS)]
+        lines += [
+            f"## {title}",
+            "",
+            "| estimator | " + " | ".join(n for n, _ in NUMBERS) + " |",
+            "|---|" + "---|" * len(NUMBERS),
+        ]
         for name in ESTIMATORS:
             cells = [summary([read(r["estimators"][name]["gradient"]) for r in reports[kind]]) for _, read in NUMBERS]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -96,8 +113,11 @@ def main() -> None:
         lines += ["", f"Seeds where GiGPO's per-batch SNR median is above GRPO's: {wins} of {len(reports[kind])}.", ""]
     ess = [statistics.median(b["is_ess_frac"] for b in r["batch_info"]) for r in reports["leave-one-out"]]
     seconds = [r["seconds"] for r in reports["leave-one-out"]]
-    lines += [f"Importance weights' effective sample size (per-seed median over batches): {summary(ess)}. "
-              f"Replay time per seed (20 batches, leave-one-out reference): {summary(seconds)} s.", ""]
+    lines += [
+        f"Importance weights' effective sample size (per-seed median over batches): {summary(ess)}. "
+        f"Replay time per seed (20 batches, leave-one-out reference): {summary(seconds)} s.",
+        "",
+    ]
     (args.out / "replay_seeds.md").write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
 

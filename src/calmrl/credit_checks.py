@@ -37,6 +37,23 @@ def group_structure(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return group, sizes[group], (high == low)[group]
 
 
+def trajectory_outcome(batch, group: torch.Tensor | None = None) -> torch.Tensor:
+    """Per trajectory id (0..max traj): +1 where its return is above its group's mean return over trajectories,
+    -1 below, 0 level with it (within float rounding, which a float32 estimator cannot see) or absent from the
+    batch. `group`: the rows' dense group ids when already computed ([N], `group_structure`)."""
+    if group is None:
+        group = group_structure(batch)[0]
+    num_traj, num_groups = int(batch.traj.max()) + 1, int(group.max()) + 1
+    returns = torch.zeros(num_traj, dtype=torch.float64).index_copy_(0, batch.traj, batch.episode_return.double())
+    present = torch.zeros(num_traj, dtype=torch.bool).index_fill_(0, batch.traj, True)
+    traj_group = torch.zeros(num_traj, dtype=torch.long).index_copy_(0, batch.traj, group)
+    total = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, traj_group[present], returns[present])
+    mean = (total / torch.bincount(traj_group[present], minlength=num_groups).clamp(min=1).double())[traj_group]
+    deviation = returns - mean
+    outcome = torch.sign(deviation) * (deviation.abs() > 1e-6 * (1.0 + mean.abs()))
+    return outcome * present
+
+
 def train_loss_mask(batch) -> torch.Tensor:
     """[N, L] bool: the tokens the policy loss trains on, its response mask less any token of zero loss weight."""
     trained = batch.response_mask.bool()
@@ -79,16 +96,13 @@ def credit_metrics(batch, trained: torch.Tensor | None = None) -> dict[str, floa
     traj_return = torch.zeros_like(traj_adv).index_copy_(0, batch.traj, batch.episode_return.double())
     present = torch.zeros_like(traj_adv, dtype=torch.bool).index_fill_(0, batch.traj, True)
     corr = _correlation(traj_adv[present], traj_return[present])
-    traj_group = torch.zeros_like(traj_adv, dtype=torch.long).index_copy_(0, batch.traj, group)[present]
-    returns = traj_return[present]
-    group_return = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, traj_group, returns)
-    group_return /= torch.bincount(traj_group, minlength=num_groups).clamp(min=1).double()
-    deviation = returns - group_return[traj_group]
-    outcome = torch.sign(deviation)
-    # a float32 estimator cannot see a difference of float rounding: that is no outcome to agree with
-    informative = deviation.abs() > 1e-6 * (1.0 + group_return[traj_group].abs())
-    mismatch = (torch.sign(traj_adv[present]) != outcome) & informative
+    outcome = trajectory_outcome(batch, group)
+    informative = outcome != 0
+    mismatch = (torch.sign(traj_adv) != outcome) & informative
     mismatch_frac = float(mismatch.sum() / informative.sum()) if bool(informative.any()) else 0.0
+    # the mean step advantage of the rows of trajectories better / worse than their group
+    step_adv = (adv * response).sum(dim=1).double() / response.sum(dim=1).clamp(min=1)
+    better, worse = outcome[batch.traj] > 0, outcome[batch.traj] < 0
     return {
         "credit/zero_adv_token_frac": float(zero_tokens / tokens),
         "credit/zero_adv_singleton_frac": float(in_singletons / tokens),
@@ -100,6 +114,8 @@ def credit_metrics(batch, trained: torch.Tensor | None = None) -> dict[str, floa
         "credit/offmask_adv_abs_max": float(adv[~response].abs().max()) if bool((~response).any()) else 0.0,
         "credit/adv_return_corr": corr,
         "credit/adv_sign_mismatch_frac": mismatch_frac,
+        "credit/step_adv_better_mean": float(step_adv[better].mean()) if bool(better.any()) else 0.0,
+        "credit/step_adv_worse_mean": float(step_adv[worse].mean()) if bool(worse.any()) else 0.0,
         "credit/zero_credit_masked_frac": float((response & ~trained.bool()).sum() / tokens)
         if trained is not None
         else 0.0,

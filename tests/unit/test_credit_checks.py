@@ -78,7 +78,12 @@ def test_a_dropped_informative_group_fails_loudly(known):
 
 def test_credit_against_the_outcome_is_measured(known):
     batch = estimate("grpo", known)
-    assert credit_metrics(batch)["credit/adv_sign_mismatch_frac"] == 0  # group 2: winner up, loser down
+    metrics = credit_metrics(batch)
+    assert metrics["credit/adv_sign_mismatch_frac"] == 0  # group 2: winner up, loser down
+    assert metrics["credit/step_adv_better_mean"] > 0 > metrics["credit/step_adv_worse_mean"]
+    winner, loser = batch.advantages[batch.uid == 2].sum(1) / 3  # group 2's two one-step trajectories
+    assert metrics["credit/step_adv_better_mean"] == pytest.approx(float(winner))
+    assert metrics["credit/step_adv_worse_mean"] == pytest.approx(float(loser))
     batch.advantages = -batch.advantages  # a sign-flipped estimator blames the winner
     assert credit_metrics(batch)["credit/adv_sign_mismatch_frac"] == 1
     assert credit_metrics(batch)["credit/adv_return_corr"] < -0.5

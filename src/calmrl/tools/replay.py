@@ -48,7 +48,7 @@ from typing import Any
 import torch
 
 from calmrl.algos.segments import group_index
-from calmrl.credit_checks import credit_metrics, group_structure
+from calmrl.credit_checks import credit_metrics, trajectory_outcome
 from calmrl.data import Batch, apply_penalty_rule, fold_shaping, penalty_rule
 
 JSON_FILE, TABLE_FILE, CSV_FILE, PLOT_FILE = "replay.json", "replay.md", "replay.csv", "replay.png"
@@ -109,7 +109,8 @@ def replay_advantages(batch: Batch, name: str, cfg) -> torch.Tensor:
 def advantage_stats(batch: Batch, advantages: torch.Tensor) -> dict[str, Any]:
     """Per-token and per-step statistics of `advantages` [N, L] on `batch`, the `credit/` checks, and the
     advantage per step position split by outcome (`mass_by_step`: for each step index, the mean step advantage
-    of rows whose trajectory's return is above its group's mean ("better"), and below it ("worse"))."""
+    of rows whose trajectory's return is above its group's mean ("better"), and below it ("worse");
+    `credit_checks.trajectory_outcome`)."""
     mask = batch.response_mask.bool()
     tokens = advantages[mask].double()
     steps = (advantages * mask).sum(1).double() / mask.sum(1).clamp(min=1)
@@ -123,16 +124,11 @@ def advantage_stats(batch: Batch, advantages: torch.Tensor) -> dict[str, Any]:
     checked = Batch(**vars(batch))
     checked.advantages = advantages
     stats.update({k.removeprefix("credit/"): v for k, v in credit_metrics(checked).items()})
-    group, _, _ = group_structure(batch)
-    returns = batch.episode_return.double()
-    num_groups = int(group.max()) + 1
-    group_mean = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, group, returns)
-    group_mean /= torch.bincount(group, minlength=num_groups).double()
-    deviation = returns - group_mean[group]
+    outcome = trajectory_outcome(batch)[batch.traj]
     by_step: dict[int, dict[str, float | None]] = {}
     for t in batch.step.unique().tolist():
         at = batch.step == t
-        better, worse = at & (deviation > 0), at & (deviation < 0)
+        better, worse = at & (outcome > 0), at & (outcome < 0)
         by_step[int(t)] = {
             "better": float(steps[better].mean()) if bool(better.any()) else None,
             "worse": float(steps[worse].mean()) if bool(worse.any()) else None,
