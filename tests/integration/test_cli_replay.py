@@ -9,7 +9,15 @@ from conftest import FAST, calmrl
 
 
 def test_replay_of_a_recorded_run_writes_its_report_and_refuses_bad_input(workdir):
-    calmrl("train", *FAST, "trainer.total_iters=3", "trainer.record_rollouts=1", "run_name=rec", cwd=workdir)
+    calmrl(
+        "train",
+        *FAST,
+        "trainer.total_iters=3",
+        "trainer.record_rollouts=1",
+        "rollout.mismatch_every=2",
+        "run_name=rec",
+        cwd=workdir,
+    )
     run = workdir / "runs" / "rec"
     estimators = ["grpo", "rloo", "gigpo", "reinforce_pp"]  # reinforce_pp: the run's initial policy is its reference
     proc = calmrl("replay", f"run={run}", f"estimators=[{','.join(estimators)}]", "hydra.run.dir=replay", cwd=workdir)
@@ -19,6 +27,9 @@ def test_replay_of_a_recorded_run_writes_its_report_and_refuses_bad_input(workdi
     assert "newest valid checkpoint" in report["weights"]
     # the run's own algo (grpo), recomputed from each recording, gives the advantages the run trained on
     assert [b["run_advantages_reproduced"] for b in report["batch_info"]] == [True, True, True]
+    # iteration 2 recorded the learner's own log-probs (mismatch_every=2): its engine / learner gap is reported
+    assert ["engine_learner_kl" in b for b in report["batch_info"]] == [False, True, False]
+    assert report["batch_info"][1]["engine_learner_logprob_abs_diff"] < 1e-3  # the same weights, hf and torch
     assert list(report["estimators"]) == estimators
     for name in estimators:
         entry = report["estimators"][name]

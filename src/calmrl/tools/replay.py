@@ -537,6 +537,7 @@ def run_replay_command(cfg, out_dir: Path) -> dict[str, Any]:
 
     from calmrl.errors import ConfigError
     from calmrl.recording import load_batch
+    from calmrl.rollout.mismatch import mismatch_metrics
     from calmrl.schemas.shaper import shapes_rewards
 
     started = time.perf_counter()
@@ -579,7 +580,10 @@ def run_replay_command(cfg, out_dir: Path) -> dict[str, Any]:
         """(iteration, batch, its metadata) to replay, loaded or sampled one at a time."""
         if not fresh_batches:
             for it, path in files.items():
-                batch, meta, _ = load_batch(path)
+                batch, meta, extra = load_batch(path)
+                if "learner_logprobs" in extra:  # the engine / learner gap of that iteration, as training logged it
+                    gap = mismatch_metrics(extra["learner_logprobs"], batch.old_logprobs, batch.response_mask)
+                    meta = {**meta, **{k.replace("mismatch/", "engine_learner_"): v for k, v in gap.items()}}
                 yield it, batch, meta
             return
         for it in range(1, fresh_batches + 1):  # iteration it's tasks, sampled at the replay weights
@@ -623,6 +627,7 @@ def run_replay_command(cfg, out_dir: Path) -> dict[str, Any]:
                     "groups": grads[computed[0]].groups,
                     "run_advantages_reproduced": matches,
                     **weights_info,
+                    **{k: v for k, v in batch_meta.items() if k.startswith("engine_learner_")},
                 }
                 if reference_rollouts:
                     big = fresh.sample(fresh.task_seeds(seed, it), reference_rollouts, [seed, it, 1])
