@@ -46,10 +46,13 @@ def test_replay_of_a_recorded_run_writes_its_report_and_refuses_bad_input(workdi
     assert (out / "replay.png").stat().st_size > 10_000
     assert "SNR" in proc.stderr + proc.stdout
 
-    base = calmrl("replay", f"run={run}", "checkpoint=base", "batches=1", "hydra.run.dir=base", cwd=workdir)
+    base = calmrl(
+        "replay", f"run={run}", "checkpoint=base", "batches=1", "params=mlp", "hydra.run.dir=base", cwd=workdir
+    )
     assert base.returncode == 0
     report = json.loads((workdir / "base" / "replay.json").read_text())
     assert report["iterations"] == [3] and "initial policy" in report["weights"]
+    assert 0 < report["num_params"] < json.loads((out / "replay.json").read_text())["num_params"]
     # iteration 3 sampled from the weights after two updates; the initial policy needs importance weights
     assert report["batch_info"][0]["is_weight_mean"] != 1.0
 
@@ -69,6 +72,7 @@ def test_replay_of_a_recorded_run_writes_its_report_and_refuses_bad_input(workdi
         (["estimators=[archer]"], "cannot replay archer: archer keeps state across iterations"),
         (["batches=0"], "batches must be >= 1"),
         (["reference_rollouts=1"], "reference_rollouts must be 0"),
+        (["params=no_such_layer"], "matches no trainable parameter"),
     ):
         bad = calmrl("replay", f"run={run}", *args, cwd=workdir, check=False)
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr

@@ -91,7 +91,9 @@ class InspectConfig(EvalConfig):
 class ReplayConfig:
     run: str = MISSING  # a training run directory with recorded batches (trainer.record_rollouts=N)
     estimators: list[str] = field(default_factory=lambda: ["grpo", "rloo", "gigpo"])
-    reference: str = "rloo"  # whose gradient, averaged over the other batches, each estimate is compared with
+    reference: str = (
+        "rloo"  # the estimator whose gradient (other batches, or reference_rollouts fresh) is the reference
+    )
     algo_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. +algo_overrides.gigpo.omega=0.5
     checkpoint: str | None = None  # weights of the gradients: None = the run's newest checkpoint; base; or a dir
     fresh_batches: int = bounded(0, ge=0)  # N > 0: replay N batches sampled at those weights, not the recordings
@@ -99,5 +101,6 @@ class ReplayConfig:
     seed: int | None = None  # fresh_batches' tasks and sampling; None = the run's seed (its first N iterations' tasks)
     batches: int | None = bounded(None, ge=1)  # replay only the newest N recordings; None = all
     max_is_weight: float | None = bounded(10.0, gt=0)  # truncation of pi_theta / pi_sample; None = untruncated
+    params: str | None = None  # a regex of the parameter names the gradient is measured on; None = all
     num_threads: int | None = bounded(None, ge=1)  # torch CPU threads; None = torch's default
     device: Device = Device.auto

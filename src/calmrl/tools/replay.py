@@ -22,13 +22,15 @@ For every recorded batch b and estimator e:
 - **its noise across resampled groups**: the batch is G groups, g_e,b = mean_j z_j with z_j = G x (group j's
   share of the sum); resampling groups with replacement gives a batch estimate of variance
   tr Var = sum_j ||z_j - g||^2 / (G (G - 1)) (the unbiased form), and the signal-to-noise ratio
-  SNR_b = ||g_e,b|| / sqrt(tr Var);
-- **its cosine with a reference gradient**: the mean, over the other recorded batches, of the `reference`
-  estimator's estimate (leave-one-batch-out, so no batch is compared with itself).
+  SNR_b = sqrt(||g_e,b||^2 - tr Var) / sqrt(tr Var) (E||g||^2 = ||E g||^2 + tr Var: pure noise scores 0, not 1);
+- **its cosine with a reference gradient**: by default the mean, over the other batches, of the `reference`
+  estimator's estimate (leave-one-batch-out, so no batch is compared with itself); with `reference_rollouts=K`
+  the reference estimator on K fresh trajectories per task of the batch, sampled at theta.
 
-Across batches the report gives the median and range of each per-batch number, the pooled SNR
-||mean_b g_e,b|| / sqrt(mean_b tr Var_b) (which, on batches drawn from one policy, estimates the SNR of one
-batch's estimate), the noise measured across batches, and the cosine of the mean gradient with the reference.
+Across batches the report gives the median and range of each per-batch number, the pooled SNR (the mean
+gradient's debiased norm against one batch's noise: on batches drawn from one policy, an estimate of the SNR of
+one batch's estimate), the noise measured across batches, and the cosine of the mean gradient with the reference.
+With `fresh_batches=N` the batches are not the recordings but N new ones sampled at theta on the run's tasks.
 
 Outputs, in the output directory: replay.md and replay.csv (one row per estimator), replay.png (per-batch SNR,
 cosine with the reference, advantage per step by outcome) and replay.json (everything, per batch).
@@ -65,7 +67,7 @@ def replay_problem(name: str, recorded: set[str]) -> str | None:
         return f"{name} trains on preference pairs, not on rollouts"
     if method.state is not None:
         return (
-            f"{name} keeps state across iterations (a critic trained on the run's history) that replay cannot rebuild"
+            f"{name} keeps state across iterations, built from the run's whole history, which a recording does not hold"
         )
     if method.needs_critic and "values" not in recorded:
         return f"{name} needs critic values, which only a run with a critic records (e.g. algo=ppo)"
@@ -180,19 +182,42 @@ def snr_from(signal_sq: float, noise_var: float) -> float:
     return math.sqrt(max(signal_sq, 0.0) / noise_var)
 
 
+def gradient_parameters(model, pattern: str | None = None) -> list[torch.nn.Parameter]:
+    """The trainable parameters the gradient is measured on: all, or those whose name matches `pattern` (a regular
+    expression, `re.search`; a billion-parameter policy's full gradient would need 8 bytes a parameter per
+    estimator)."""
+    import re
+
+    from calmrl.errors import ConfigError
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if pattern is None:
+        return [p for _, p in named]
+    chosen = [p for n, p in named if re.search(pattern, n)]
+    if not chosen:
+        names = ", ".join(n for n, _ in named[:6])
+        raise ConfigError(f"params={pattern!r} matches no trainable parameter of the policy (its first: {names}, ...)")
+    return chosen
+
+
 def batch_gradients(
-    model, batch: Batch, advantages: Mapping[str, torch.Tensor], max_is_weight: float | None = None
+    model,
+    batch: Batch,
+    advantages: Mapping[str, torch.Tensor],
+    max_is_weight: float | None = None,
+    params: Sequence[torch.nn.Parameter] | None = None,
 ) -> tuple[dict[str, BatchGradient], dict[str, float]]:
     """Each estimator's policy-gradient estimate at `model`'s weights on `batch` (see the module docstring), and
     the importance weights' diagnostics (is_weight_mean, is_truncated_frac, is_ess_frac: Kish's effective sample
     size over the response tokens, as a fraction of them; 1 when the model sampled the batch).
 
     advantages: {name: [N, L]}. One forward pass per group of rows, one backward per estimator and group; the
-    gradient is the ascent direction of sum_t A_t w_t log pi(a_t) / T.
+    gradient is the ascent direction of sum_t A_t w_t log pi(a_t) / T, over `params` (default: every trainable
+    parameter, `gradient_parameters`).
     """
     from calmrl.learners.torch import token_logprobs
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = list(params) if params is not None else gradient_parameters(model)
     device = params[0].device
     group, num_groups = group_index(batch.uid)
     mask = batch.response_mask.float()
@@ -570,6 +595,7 @@ def run_replay_command(cfg, out_dir: Path) -> dict[str, Any]:
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     model, tokenizer, weights, short = load_replay_policy(cfg, run_dir, run_cfg)
+    params = gradient_parameters(model, cfg.get("params"))
     reference_model = None
     if any(_method(n).needs_ref for n in computed) and "ref_logprobs" not in fields:
         reference_model = _load(base_policy_path(run_dir, run_cfg), run_cfg, str(cfg.device))[0]  # the run's start
@@ -618,7 +644,7 @@ def run_replay_command(cfg, out_dir: Path) -> dict[str, Any]:
                     matches = bool(torch.allclose(advantages[run_algo], batch.advantages.float(), atol=1e-6))
                 for n in computed:
                     stats[n].append(advantage_stats(views[n], advantages[n]))  # on the returns it saw
-                grads, weights_info = batch_gradients(model, batch, advantages, cfg.get("max_is_weight"))
+                grads, weights_info = batch_gradients(model, batch, advantages, cfg.get("max_is_weight"), params)
                 gradients.append(grads)
                 info = {
                     "iteration": it,
@@ -633,9 +659,8 @@ def run_replay_command(cfg, out_dir: Path) -> dict[str, Any]:
                     big = fresh.sample(fresh.task_seeds(seed, it), reference_rollouts, [seed, it, 1])
                     if reference_model is not None:
                         big.ref_logprobs = reference_logprobs(reference_model, big)
-                    ref_grad = batch_gradients(
-                        model, big, {reference: replay_advantages(big, reference, configs[reference])}
-                    )[0][reference]
+                    ref_advantages = {reference: replay_advantages(big, reference, configs[reference])}
+                    ref_grad = batch_gradients(model, big, ref_advantages, params=params)[0][reference]
                     fresh_references.append(ref_grad.mean)
                     info["reference_rows"], info["reference_snr"] = len(big), ref_grad.snr
                 diagnostics.append(info)
@@ -662,6 +687,8 @@ def run_replay_command(cfg, out_dir: Path) -> dict[str, Any]:
         "reference": reference,
         "reference_description": described,
         "max_is_weight": cfg.get("max_is_weight"),
+        "params": cfg.get("params"),
+        "num_params": sum(p.numel() for p in params),
         "algo_configs": {n: OmegaConf.to_container(configs[n], resolve=True) for n in computed},
         "estimators": {},
         "per_batch": {},
