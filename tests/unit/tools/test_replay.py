@@ -19,7 +19,7 @@ import torch
 
 from calmrl.data import Batch
 from calmrl.tools.inspect_credit import algo_config
-from calmrl.tools.replay import (
+from calmrl.tools.replay_stats import (
     BatchGradient,
     advantage_stats,
     batch_gradients,
