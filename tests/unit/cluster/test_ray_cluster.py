@@ -1,5 +1,6 @@
 """cluster=ray on a local Ray cluster (CPU): placement bundles, weight sync learner -> rollout workers (object
-store and disk), and a killed rollout worker being restarted with the iteration retried exactly."""
+store and disk), a killed rollout worker being restarted with the iteration retried exactly, and a killed state
+worker ending the run."""
 
 from __future__ import annotations
 
@@ -103,6 +104,24 @@ def test_the_preference_driver_holds_no_model_and_starts_no_rollout_worker(local
         assert t.model is None and not modules and t.cluster.workers == [], modules
         assert t.train_iteration(1)["loss/optimizer_steps"] == 1
         assert set(t.evaluate()) >= {"eval/reward_margin", "eval/loss_dpo"}
+    finally:
+        t.cluster.shutdown()
+
+
+def test_a_dead_state_worker_ends_the_run_with_a_sentence(local_ray, tmp_path):
+    """algo=archer keeps its critic on the state worker; when that worker dies, what the critic learned since the
+    last checkpoint is gone, so the run stops with an error pointing to resume=auto instead of training on.
+    (Before the module's RL trainer takes the local cluster's CPUs.)"""
+    from calmrl.loops import build_trainer
+
+    t = build_trainer(make("algo=archer", "cluster.num_learners=1", "algo.critic_warmup_iters=0"), tmp_path / "run")
+    try:
+        assert t.train_iteration(1)["loss/optimizer_steps"] >= 1
+        ray.kill(t.cluster.state_worker, no_restart=True)
+        with pytest.raises(
+            RuntimeError, match=r"the state worker \(algo=archer's state across iterations\) died.*resume=auto"
+        ):
+            t.train_iteration(2)
     finally:
         t.cluster.shutdown()
 
