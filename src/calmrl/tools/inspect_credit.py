@@ -121,6 +121,21 @@ def step_advantages(advantages: torch.Tensor, response_mask: torch.Tensor) -> to
     return (advantages.float() * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
+def within_trajectory_std(step_adv: torch.Tensor, traj: torch.Tensor) -> float:
+    """Mean over trajectories of more than one step of the (population) std of their steps' advantages
+    (`step_adv` [N], `traj` [N]): 0 when every step of a trajectory gets the same credit (outcome-level
+    estimators)."""
+    from calmrl.algos.segments import group_index
+
+    ids, num = group_index(traj)
+    step_adv = step_adv.double()
+    count = torch.bincount(ids, minlength=num).double()
+    mean = torch.zeros(num, dtype=torch.float64).index_add_(0, ids, step_adv) / count
+    var = torch.zeros(num, dtype=torch.float64).index_add_(0, ids, (step_adv - mean[ids]).square()) / count
+    multi = count > 1
+    return float(var[multi].sqrt().mean()) if bool(multi.any()) else 0.0
+
+
 def summarize(batch: Batch, step_adv: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """Per estimator: mean |A| over steps, fraction of steps with A > 0 (and < 0; |A| within float noise,
     SIGN_TOL, counts as 0), and the spread of A inside
@@ -132,14 +147,11 @@ def summarize(batch: Batch, step_adv: Mapping[str, torch.Tensor]) -> dict[str, A
     for name, a in step_adv.items():
         a = a.double()
         tol = SIGN_TOL * max(1.0, float(a.abs().max())) if a.numel() else 0.0  # float32 noise is not a sign
-        spreads = [
-            float(a[traj == t].std(unbiased=False)) for t in traj.unique().tolist() if int((traj == t).sum()) > 1
-        ]
         per[name] = {
             "mean_abs": float(a.abs().mean()),
             "frac_positive": float((a > tol).double().mean()),
             "frac_negative": float((a < -tol).double().mean()),
-            "within_traj_std": float(np.mean(spreads)) if spreads else 0.0,
+            "within_traj_std": within_trajectory_std(a, traj),
         }
     names = list(step_adv)
     corr: dict[str, dict[str, float | None]] = {}
@@ -515,20 +527,21 @@ def build_report(
                 "steps": steps,
             }
         )
-    return {**meta, "estimators": names, "summary": _clean(summary), "trajectories": out_trajs}
+    return {**meta, "estimators": names, "summary": json_safe(summary), "trajectories": out_trajs}
 
 
 def _num(v: float) -> float | None:
     return float(v) if math.isfinite(v) else None
 
 
-def _clean(obj):
+def json_safe(obj):
+    """`obj` (nested mappings, lists, tuples and scalars) with every non-finite float as None, for strict JSON."""
     if isinstance(obj, float):
         return _num(obj)
     if isinstance(obj, Mapping):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 

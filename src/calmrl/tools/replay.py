@@ -99,15 +99,12 @@ class FreshRollouts:
             self.pool = None
 
 
-def run_config(run_dir: Path, files: Mapping[int, Path]) -> dict:
-    """The resolved config of the run: from its recordings, or from `.hydra/config.yaml` (a run without any)."""
+def saved_run_config(run_dir: Path) -> dict:
+    """The resolved config of a run from its `.hydra/config.yaml` (for a run without recordings, which carry it)."""
     from omegaconf import OmegaConf
 
     from calmrl.errors import ConfigError
-    from calmrl.recording import load_batch
 
-    if files:
-        return load_batch(next(iter(files.values())))[1]["config"]
     saved = run_dir / ".hydra" / "config.yaml"
     if not saved.is_file():
         raise ConfigError(f"run={run_dir} is not a training run (no .hydra/config.yaml)")
@@ -124,6 +121,7 @@ def run_replay_command(cfg, out_dir: Path) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from calmrl.algos import ALGOS
     from calmrl.errors import ConfigError
     from calmrl.recording import load_batch
     from calmrl.rollout.mismatch import mismatch_metrics
@@ -134,7 +132,15 @@ def run_replay_command(cfg, out_dir: Path) -> dict[str, Any]:
     run_dir = Path(cfg.run).expanduser()
     fresh_batches, reference_rollouts = int(cfg.fresh_batches), int(cfg.reference_rollouts)
     files = select_recordings(run_dir, cfg.get("batches"), required=not fresh_batches)
-    run_cfg = run_config(run_dir, files)
+    # the batch fields the estimators can read: a freshly built batch has no reference and no critic values
+    fields = {"input_ids", "old_logprobs"}
+    if files:  # a recording carries the run's config
+        first, first_meta, _ = load_batch(next(iter(files.values())))
+        run_cfg = first_meta["config"]
+        if not fresh_batches:
+            fields = {k for k, v in vars(first).items() if v is not None}
+    else:
+        run_cfg = saved_run_config(run_dir)
     if (fresh_batches or reference_rollouts) and shapes_rewards(OmegaConf.create(run_cfg["shaper"])):
         raise ConfigError(
             f"fresh_batches and reference_rollouts sample new episodes, and replay does not rebuild the run's "
@@ -143,10 +149,6 @@ def run_replay_command(cfg, out_dir: Path) -> dict[str, Any]:
     names = list(dict.fromkeys(str(n) for n in cfg.estimators))
     reference = str(cfg.reference)
     computed = list(dict.fromkeys([*names, reference]))
-    if fresh_batches:
-        fields = {"input_ids", "old_logprobs"}  # what a freshly built batch holds: no reference, no critic
-    else:
-        fields = {k for k, v in vars(load_batch(next(iter(files.values())))[0]).items() if v is not None}
     for name in computed:
         problem = replay_problem(name, fields)
         if problem:
@@ -161,7 +163,7 @@ def run_replay_command(cfg, out_dir: Path) -> dict[str, Any]:
     model, tokenizer, weights, short = load_replay_policy(cfg, run_dir, run_cfg)
     params = gradient_parameters(model, cfg.get("params"))
     reference_model = None
-    if any(_method(n).needs_ref for n in computed) and "ref_logprobs" not in fields:
+    if any(ALGOS.get(n).needs_ref for n in computed) and "ref_logprobs" not in fields:
         reference_model = _load(base_policy_path(run_dir, run_cfg), run_cfg, str(cfg.device))[0]  # the run's start
     fresh = FreshRollouts(model, tokenizer, run_cfg) if fresh_batches or reference_rollouts else None
     group_size = int(run_cfg["rollout"]["group_size"])
@@ -207,7 +209,7 @@ def run_replay_command(cfg, out_dir: Path) -> dict[str, Any]:
                 if run_algo in advantages and batch.advantages is not None:
                     matches = bool(torch.allclose(advantages[run_algo], batch.advantages.float(), atol=1e-6))
                 for n in computed:
-                    stats[n].append(advantage_stats(views[n], advantages[n]))  # on the returns it saw
+                    stats[n].append(advantage_stats(views[n]))  # on the returns it saw
                 grads, weights_info = batch_gradients(model, batch, advantages, cfg.get("max_is_weight"), params)
                 gradients.append(grads)
                 info = {
@@ -352,9 +354,3 @@ def reference_logprobs(model, batch: Batch, rows_per_pass: int = 64) -> torch.Te
     ]
     model.train(was_training)
     return torch.cat(parts) * batch.response_mask
-
-
-def _method(name: str):
-    from calmrl.algos import ALGOS
-
-    return ALGOS.get(name)

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
+from calmrl.tools.inspect_credit import json_safe
 
 JSON_FILE, TABLE_FILE, CSV_FILE, PLOT_FILE = "replay.json", "replay.md", "replay.csv", "replay.png"
 
@@ -58,7 +58,7 @@ def build_report(
             **{k: g[k] for k in ("snr", "cos_reference", "grad_norm")},
             **{k: [s[k] for s in stats[n]] for k in scalar_keys},
         }
-    return _clean(report)
+    return json_safe(report)
 
 
 def write_outputs(report: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
@@ -249,16 +249,3 @@ def print_table(report: Mapping[str, Any], console) -> None:
             cells.append(_cell(value["median"] if isinstance(value, Mapping) else value))
         table.add_row(*cells)
     console.print(table)
-
-
-def _clean(obj):
-    """JSON-able: tensors dropped (the mean gradients), non-finite floats as None."""
-    if isinstance(obj, torch.Tensor):
-        return None
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {str(k): _clean(v) for k, v in obj.items() if not isinstance(v, torch.Tensor)}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    return obj

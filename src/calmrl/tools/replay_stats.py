@@ -92,24 +92,23 @@ def replay_advantages(batch: Batch, name: str, cfg) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- advantage statistics
-def advantage_stats(batch: Batch, advantages: torch.Tensor) -> dict[str, Any]:
-    """Per-token and per-step statistics of `advantages` [N, L] on `batch`, the `credit/` checks, and the
-    advantage per step position split by outcome (`mass_by_step`: for each step index, the mean step advantage
-    of rows whose trajectory's return is above its group's mean ("better"), and below it ("worse");
+def advantage_stats(batch: Batch) -> dict[str, Any]:
+    """Per-token and per-step statistics of `batch.advantages` [N, L], the `credit/` checks, and the advantage per
+    step position split by outcome (`mass_by_step`: for each step index, the mean step advantage of rows whose
+    trajectory's return is above its group's mean ("better"), and below it ("worse");
     `credit_checks.trajectory_outcome`)."""
-    mask = batch.response_mask.bool()
-    tokens = advantages[mask].double()
-    steps = (advantages * mask).sum(1).double() / mask.sum(1).clamp(min=1)
+    from calmrl.tools.inspect_credit import step_advantages, within_trajectory_std
+
+    tokens = batch.advantages[batch.response_mask.bool()].double()
+    steps = step_advantages(batch.advantages, batch.response_mask).double()
     stats = {
         "token_mean": float(tokens.mean()) if tokens.numel() else 0.0,
         "token_std": float(tokens.std()) if tokens.numel() > 1 else 0.0,
         "token_abs_mean": float(tokens.abs().mean()) if tokens.numel() else 0.0,
         "step_abs_mean": float(steps.abs().mean()),
-        "within_traj_step_std": _within_trajectory_std(steps, batch.traj),
+        "within_traj_step_std": within_trajectory_std(steps, batch.traj),
     }
-    checked = Batch(**vars(batch))
-    checked.advantages = advantages
-    stats.update({k.removeprefix("credit/"): v for k, v in credit_metrics(checked).items()})
+    stats.update({k.removeprefix("credit/"): v for k, v in credit_metrics(batch).items()})
     outcome = trajectory_outcome(batch)[batch.traj]
     by_step: dict[int, dict[str, float | None]] = {}
     for t in batch.step.unique().tolist():
@@ -122,17 +121,6 @@ def advantage_stats(batch: Batch, advantages: torch.Tensor) -> dict[str, Any]:
         }
     stats["mass_by_step"] = by_step
     return stats
-
-
-def _within_trajectory_std(step_adv: torch.Tensor, traj: torch.Tensor) -> float:
-    """Mean over trajectories of more than one step of the (population) std of their steps' advantages: 0 when
-    every step of a trajectory gets the same credit (outcome-level estimators)."""
-    ids, num = group_index(traj)
-    count = torch.bincount(ids, minlength=num).double()
-    mean = torch.zeros(num, dtype=torch.float64).index_add_(0, ids, step_adv) / count
-    var = torch.zeros(num, dtype=torch.float64).index_add_(0, ids, (step_adv - mean[ids]).square()) / count
-    multi = count > 1
-    return float(var[multi].sqrt().mean()) if bool(multi.any()) else 0.0
 
 
 # ---------------------------------------------------------------- policy gradients
@@ -206,8 +194,9 @@ def batch_gradients(
     group, num_groups = group_index(batch.uid)
     mask = batch.response_mask.float()
     tokens = mask.sum().clamp(min=1.0)
-    sums = {name: torch.zeros(sum(p.numel() for p in params), dtype=torch.float64) for name in advantages}
-    squares = dict.fromkeys(advantages, 0.0)
+    names = list(advantages)
+    sums = {name: torch.zeros(sum(p.numel() for p in params), dtype=torch.float64) for name in names}
+    squares = dict.fromkeys(names, 0.0)
     w_sum = w_sq = truncated = 0.0
     was_training = model.training
     model.eval()  # no dropout: the gradient is a function of the weights and the batch alone
@@ -224,7 +213,6 @@ def batch_gradients(
             w_sum += float(weight.sum())
             w_sq += float(weight.square().sum())
             truncated += float(((ratio > weight) & (m > 0)).sum())
-            names = list(advantages)
             for k, name in enumerate(names):
                 objective = (advantages[name][rows, :width].to(device) * weight * logp).sum() / tokens
                 grads = torch.autograd.grad(objective, params, retain_graph=k < len(names) - 1, allow_unused=True)
@@ -265,27 +253,16 @@ def gradient_summary(
     [P] gradient per batch (a high-sample estimate on each batch's tasks; the pooled cosine uses their mean)."""
     names = list(gradients[0])
     num = len(gradients)
-    if isinstance(reference, str):
-        ref_total = torch.stack([g[reference].mean for g in gradients]).sum(0)
-
-        def reference_for(b: int) -> torch.Tensor:
-            own = gradients[b][reference].mean
-            return (ref_total - own) / (num - 1) if num > 1 else own
-
-        pooled_reference = ref_total / num
-    elif isinstance(reference, Sequence):
-        references = list(reference)
-
-        def reference_for(b: int) -> torch.Tensor:
-            return references[b]
-
-        pooled_reference = torch.stack(references).mean(0)
+    if isinstance(reference, str):  # the reference estimator's estimate, each batch against the others' mean
+        own = [g[reference].mean for g in gradients]
+        total = torch.stack(own).sum(0)
+        references = [(total - o) / (num - 1) for o in own] if num > 1 else own
+        pooled_reference = total / num
+    elif isinstance(reference, torch.Tensor):
+        references, pooled_reference = [reference] * num, reference
     else:
-
-        def reference_for(b: int) -> torch.Tensor:
-            return reference
-
-        pooled_reference = reference
+        references = list(reference)
+        pooled_reference = torch.stack(references).mean(0)
     out = {}
     for name in names:
         per = [g[name] for g in gradients]
@@ -299,7 +276,7 @@ def gradient_summary(
             "grad_norm": [float(g.mean.norm()) for g in per],
             "noise_std": [math.sqrt(v) if math.isfinite(v) else math.nan for v in noise],
             "snr": [g.snr for g in per],
-            "cos_reference": [cosine(per[b].mean, reference_for(b)) for b in range(num)],
+            "cos_reference": [cosine(g.mean, r) for g, r in zip(per, references, strict=True)],
             # ||E g||^2 from the mean of the B batches (whose own noise is tr Var / B), against one batch's noise
             "pooled_snr": snr_from(float(mean.square().sum()) - pooled_noise / num, pooled_noise),
             "pooled_noise_std": math.sqrt(pooled_noise) if pooled_noise >= 0 else math.nan,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -193,12 +194,12 @@ def test_advantage_mass_by_step_splits_by_outcome():
         anchor_text=["a", "b", "a", "c"],
     )
     adv = torch.tensor([[0, 0.5, 0.5], [0, 2.0, 2.0], [0, -1.0, -1.0], [0, -3.0, -3.0]])
-    stats = advantage_stats(batch, adv)
+    stats = advantage_stats(replace(batch, advantages=adv))
     assert stats["mass_by_step"][0] == {"better": 0.5, "worse": -1.0, "rows": 2}
     assert stats["mass_by_step"][1] == {"better": 2.0, "worse": -3.0, "rows": 2}
     assert stats["within_traj_step_std"] == pytest.approx(0.875)  # the two trajectories: std 0.75 and 1.0
     assert stats["adv_sign_mismatch_frac"] == 0.0
-    assert advantage_stats(batch, -adv)["adv_sign_mismatch_frac"] == 1.0  # a sign-flipped estimator
+    assert advantage_stats(replace(batch, advantages=-adv))["adv_sign_mismatch_frac"] == 1.0  # sign-flipped
 
 
 def test_what_cannot_be_replayed_says_why():
